@@ -1,0 +1,278 @@
+"""Cityscapes as a sequence of `SceneSample`s, read from the standard on-disk layout.
+
+Expected layout under ``root`` (``<stem>`` is ``<city>_<seq>_<frame>``)::
+
+    leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png     RGB image
+    gtFine/<split>/<city>/<stem>_gtFine_labelIds.png      8-bit Cityscapes label ids
+    gtFine/<split>/<city>/<stem>_gtFine_instanceIds.png   16-bit instance ids
+    disparity/<split>/<city>/<stem>_disparity.png         16-bit stereo disparity
+    camera/<split>/<city>/<stem>_camera.json              calibration
+
+Every sample is resized to ``(height, width)`` and converted to the project's label
+conventions (see `training.data.classes`). Only numpy, Pillow and json are used, so
+the module imports without torch; the dataset holds nothing but paths and numbers, so
+it pickles into DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, UnidentifiedImageError
+
+from training.data.classes import (
+    INSTANCE_DIVISOR,
+    cityscapes_to_train_id,
+    is_thing_table,
+    train_id,
+)
+from training.data.sample import DataConfigError, SceneSample
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+_IMAGE_SUFFIX = "_leftImg8bit.png"
+_SKY = train_id("sky")
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """Paths of one Cityscapes frame's files and the sample name, e.g. ``"val/<stem>"``."""
+
+    name: str
+    image: Path
+    label_ids: Path
+    instance_ids: Path
+    disparity: Path
+    camera: Path
+
+
+class CityscapesScenes:
+    """Cityscapes frames of one split as `SceneSample`s of size ``(height, width)``.
+
+    ``dataset[i]`` reads and converts frame ``i``; frames are ordered by their stem
+    (``<city>_<seq>_<frame>``), so indices are stable across runs and machines.
+
+    Per sample:
+
+    - ``image``: ``uint8 [height, width, 3]`` RGB, bilinear resize.
+    - ``semantic``: ``uint8 [height, width]`` train ids (255 for classes outside the
+      table), nearest resize.
+    - ``instance``: ``int32 [height, width]``, ``train_id * 1000 + k`` on thing
+      classes, 0 elsewhere, nearest resize.
+    - ``depth``: ``float32 [height, width]`` metres, ``baseline * fx / disparity``;
+      ``nan`` where stereo gave no disparity, ``inf`` on sky.
+
+    Args:
+        root: folder holding ``leftImg8bit``, ``gtFine``, ``disparity`` and ``camera``.
+        split: one of ``SPLITS``.
+        height: output height in pixels.
+        width: output width in pixels.
+
+    Raises:
+        DataConfigError: naming the path or field, if the split or size is invalid,
+            a folder is missing, the split has no images, or a frame lacks one of its
+            label, disparity or camera files.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        split: str = "train",
+        height: int = 128,
+        width: int = 256,
+    ) -> None:
+        if split not in SPLITS:
+            raise DataConfigError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+        for field, size in (("height", height), ("width", width)):
+            if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+                raise DataConfigError(f"{field} must be a positive integer, got {size!r}")
+        self.root = Path(root)
+        self.split = split
+        self.height = height
+        self.width = width
+        self._frames = _discover(self.root, split)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Sample names in index order, e.g. ``("val/frankfurt_000000_000294", ...)``."""
+        return tuple(frame.name for frame in self._frames)
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def __getitem__(self, index: int) -> SceneSample:
+        """Read frame ``index`` (negative counts from the end); ``IndexError`` past the end."""
+        frame = self._frames[index]
+        image = _read_png(frame.image, rgb=True)
+        full_size = image.shape[:2]
+        label_ids = _read_map(frame.label_ids, full_size)
+        instance_ids = _read_map(frame.instance_ids, full_size)
+        disparity_png = _read_map(frame.disparity, full_size)
+        baseline_m, fx_px = _read_camera(frame.camera)
+
+        size = (self.height, self.width)
+        rgb = Image.fromarray(image).resize((self.width, self.height), Image.Resampling.BILINEAR)
+        semantic = _to_train_ids(_resize_nearest(label_ids, size), frame.label_ids)
+        instance = _to_instances(_resize_nearest(instance_ids, size), semantic)
+        # Disparity is a horizontal pixel offset, so it and fx scale with the width.
+        x_scale = self.width / full_size[1]
+        depth = _to_depth(
+            _resize_nearest(disparity_png, size), semantic, baseline_m, fx_px * x_scale, x_scale
+        )
+        return SceneSample(
+            image=np.asarray(rgb, dtype=np.uint8),
+            semantic=semantic,
+            instance=instance,
+            depth=depth,
+            name=frame.name,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"CityscapesScenes(root={str(self.root)!r}, split={self.split!r}, "
+            f"height={self.height}, width={self.width}, frames={len(self)})"
+        )
+
+
+def _discover(root: Path, split: str) -> tuple[_Frame, ...]:
+    """All frames of ``split`` under ``root``, sorted by stem, each with its files checked."""
+    if not root.is_dir():
+        raise DataConfigError(f"Cityscapes root {root} not found")
+    folders = {kind: root / kind / split for kind in ("leftImg8bit", "gtFine", "disparity", "camera")}
+    for folder in folders.values():
+        if not folder.is_dir():
+            raise DataConfigError(f"{folder} not found")
+    images = sorted(folders["leftImg8bit"].glob(f"*/*{_IMAGE_SUFFIX}"), key=lambda path: path.name)
+    if not images:
+        raise DataConfigError(f"no *{_IMAGE_SUFFIX} under {folders['leftImg8bit']}/<city>/")
+    frames = []
+    for image in images:
+        stem = image.name.removesuffix(_IMAGE_SUFFIX)
+        city = image.parent.name
+        frame = _Frame(
+            name=f"{split}/{stem}",
+            image=image,
+            label_ids=folders["gtFine"] / city / f"{stem}_gtFine_labelIds.png",
+            instance_ids=folders["gtFine"] / city / f"{stem}_gtFine_instanceIds.png",
+            disparity=folders["disparity"] / city / f"{stem}_disparity.png",
+            camera=folders["camera"] / city / f"{stem}_camera.json",
+        )
+        # Checked here so a broken tree fails at construction, not hours into training.
+        for companion in (frame.label_ids, frame.instance_ids, frame.disparity, frame.camera):
+            if not companion.is_file():
+                raise DataConfigError(f"{companion} not found (needed for image {image})")
+        frames.append(frame)
+    return tuple(frames)
+
+
+def _read_png(path: Path, rgb: bool = False) -> npt.NDArray[np.generic]:
+    """Pixels of the image at ``path``: ``uint8 [H, W, 3]`` if ``rgb``, else as stored.
+
+    Label maps are read as stored because converting a palette or 16-bit PNG would
+    replace the ids with colours or clip them.
+    """
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB") if rgb else image)
+    except (OSError, UnidentifiedImageError) as error:
+        raise DataConfigError(f"cannot read image {path}: {error}") from None
+
+
+def _read_map(path: Path, size: tuple[int, ...]) -> npt.NDArray[np.int64]:
+    """A single-channel label or disparity PNG as ``int64 [H, W]``, checked to be ``size``."""
+    pixels = _read_png(path)
+    if pixels.ndim != 2 or not np.issubdtype(pixels.dtype, np.integer):
+        raise DataConfigError(f"{path}: expected a single-channel integer PNG")
+    if pixels.shape != size:
+        raise DataConfigError(
+            f"{path}: size {pixels.shape[1]}x{pixels.shape[0]} does not match the image's {size[1]}x{size[0]}"
+        )
+    return pixels.astype(np.int64)
+
+
+def _read_camera(path: Path) -> tuple[float, float]:
+    """Stereo baseline in metres and focal length ``fx`` in pixels from a camera json."""
+    try:
+        camera = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataConfigError(f"cannot read camera file {path}: {error}") from None
+    values = []
+    for section, key in (("extrinsic", "baseline"), ("intrinsic", "fx")):
+        try:
+            value = float(camera[section][key])
+        except (KeyError, TypeError, ValueError):
+            raise DataConfigError(f"{path}: missing or non-numeric {section}.{key}") from None
+        if not math.isfinite(value) or value <= 0:
+            raise DataConfigError(f"{path}: {section}.{key} must be positive, got {value}")
+        values.append(value)
+    return values[0], values[1]
+
+
+def _resize_nearest(values: npt.NDArray[np.int64], size: tuple[int, int]) -> npt.NDArray[np.int64]:
+    """Nearest-neighbour resize of ``[H, W]`` to ``size``, sampling at pixel centres.
+
+    Done in numpy rather than Pillow so every label and disparity dtype takes one path
+    and no value is ever blended with a neighbour.
+    """
+    rows = ((np.arange(size[0]) + 0.5) * (values.shape[0] / size[0])).astype(np.intp)
+    cols = ((np.arange(size[1]) + 0.5) * (values.shape[1] / size[1])).astype(np.intp)
+    resized: npt.NDArray[np.int64] = values[np.ix_(rows, cols)]
+    return resized
+
+
+def _to_train_ids(label_ids: npt.NDArray[np.int64], path: Path) -> npt.NDArray[np.uint8]:
+    """Cityscapes label ids ``[H, W]`` to train ids ``uint8 [H, W]`` (255 if unmapped)."""
+    if label_ids.min() < 0 or label_ids.max() > 255:
+        raise DataConfigError(f"{path}: label ids must lie in 0..255")
+    return cityscapes_to_train_id()[label_ids]
+
+
+def _to_instances(
+    instance_ids: npt.NDArray[np.int64], semantic: npt.NDArray[np.uint8]
+) -> npt.NDArray[np.int32]:
+    """Cityscapes ``label_id * 1000 + k`` ids ``[H, W]`` to ``train_id * 1000 + k``, ``int32``.
+
+    Values below 1000 are stuff or crowd regions without an instance and become 0, as
+    do instances of classes that are not things in the class table (caravan, trailer).
+    """
+    label_ids = np.clip(instance_ids // INSTANCE_DIVISOR, 0, 255)
+    train_ids = cityscapes_to_train_id()[label_ids].astype(np.int64)
+    keep = (instance_ids >= INSTANCE_DIVISOR) & is_thing_table()[train_ids]
+    # An instance must carry its pixel's semantic class; the two PNGs agree in real
+    # Cityscapes, and this keeps a hand-edited pair from breaking that invariant.
+    keep &= train_ids == semantic
+    instance = train_ids * INSTANCE_DIVISOR + instance_ids % INSTANCE_DIVISOR
+    return np.where(keep, instance, 0).astype(np.int32)
+
+
+def _to_depth(
+    disparity_png: npt.NDArray[np.int64],
+    semantic: npt.NDArray[np.uint8],
+    baseline_m: float,
+    fx_px: float,
+    x_scale: float,
+) -> npt.NDArray[np.float32]:
+    """Metric depth ``float32 [H, W]`` in metres from resized 16-bit disparity PNG values.
+
+    Args:
+        disparity_png: raw PNG values ``p``; disparity is ``(p - 1) / 256`` pixels at the
+            original resolution, ``p == 0`` marks no measurement.
+        semantic: train ids ``uint8 [H, W]``; sky pixels get ``inf``.
+        baseline_m: stereo baseline in metres.
+        fx_px: focal length in pixels at the output resolution.
+        x_scale: output width / original width.
+    """
+    disparity_px = (disparity_png.astype(np.float64) - 1.0) / 256.0 * x_scale
+    # p == 1 is zero disparity, i.e. a point at infinity that stereo cannot actually
+    # resolve; only sky is labelled infinitely far, so treat it as unmeasured too.
+    valid = disparity_px > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        depth = np.where(valid, baseline_m * fx_px / disparity_px, np.nan)
+    depth[semantic == _SKY] = np.inf
+    return depth.astype(np.float32)

@@ -1,0 +1,130 @@
+"""The class table: names, train ids, colours and thing/stuff flags, in one place.
+
+The table is the 19 Cityscapes evaluation classes, so a model trained on the
+procedural scenes and one trained on Cityscapes share one output layout. The
+procedural generator draws a subset of them (`PROCEDURAL_CLASSES`); classes that
+never occur in a dataset are simply never the target of any pixel.
+
+This module imports nothing beyond numpy, so the service and the exporter can use
+it without torch.
+
+Label conventions shared by every dataset in the project:
+
+- semantic: ``uint8 [H, W]`` train ids, ``IGNORE_INDEX`` (255) where unlabelled;
+- instance: ``int32 [H, W]``, 0 where the pixel belongs to no instance, otherwise
+  ``train_id * INSTANCE_DIVISOR + k`` with ``k`` in ``[0, INSTANCE_DIVISOR)``
+  numbering the instances of that class in the image. The highest possible id,
+  18 * 1000 + 999, fits a 16-bit PNG.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+IGNORE_INDEX = 255
+INSTANCE_DIVISOR = 1000
+
+
+@dataclass(frozen=True)
+class SceneClass:
+    """One semantic class.
+
+    Attributes:
+        name: lower-case class name, e.g. ``"car"``.
+        train_id: index of the class in the model's output channels.
+        cityscapes_id: the class's ``labelIds`` value in Cityscapes ground truth.
+        color: RGB colour used for visualisations (the Cityscapes palette).
+        is_thing: countable objects that get instance ids (person, car, ...).
+    """
+
+    name: str
+    train_id: int
+    cityscapes_id: int
+    color: tuple[int, int, int]
+    is_thing: bool
+
+
+CLASSES: tuple[SceneClass, ...] = (
+    SceneClass("road", 0, 7, (128, 64, 128), False),
+    SceneClass("sidewalk", 1, 8, (244, 35, 232), False),
+    SceneClass("building", 2, 11, (70, 70, 70), False),
+    SceneClass("wall", 3, 12, (102, 102, 156), False),
+    SceneClass("fence", 4, 13, (190, 153, 153), False),
+    SceneClass("pole", 5, 17, (153, 153, 153), False),
+    SceneClass("traffic light", 6, 19, (250, 170, 30), False),
+    SceneClass("traffic sign", 7, 20, (220, 220, 0), False),
+    SceneClass("vegetation", 8, 21, (107, 142, 35), False),
+    SceneClass("terrain", 9, 22, (152, 251, 152), False),
+    SceneClass("sky", 10, 23, (70, 130, 180), False),
+    SceneClass("person", 11, 24, (220, 20, 60), True),
+    SceneClass("rider", 12, 25, (255, 0, 0), True),
+    SceneClass("car", 13, 26, (0, 0, 142), True),
+    SceneClass("truck", 14, 27, (0, 0, 70), True),
+    SceneClass("bus", 15, 28, (0, 60, 100), True),
+    SceneClass("train", 16, 31, (0, 80, 100), True),
+    SceneClass("motorcycle", 17, 32, (0, 0, 230), True),
+    SceneClass("bicycle", 18, 33, (119, 11, 32), True),
+)
+
+NUM_CLASSES = len(CLASSES)
+CLASS_NAMES: tuple[str, ...] = tuple(c.name for c in CLASSES)
+THING_TRAIN_IDS: tuple[int, ...] = tuple(c.train_id for c in CLASSES if c.is_thing)
+
+_BY_NAME = {c.name: c for c in CLASSES}
+
+PROCEDURAL_CLASSES: tuple[str, ...] = (
+    "road",
+    "sidewalk",
+    "building",
+    "pole",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "car",
+)
+
+
+def train_id(name: str) -> int:
+    """Train id of the class called ``name``; raises ``KeyError`` listing valid names."""
+    try:
+        return _BY_NAME[name].train_id
+    except KeyError:
+        raise KeyError(f"unknown class {name!r}; valid names: {', '.join(CLASS_NAMES)}") from None
+
+
+def palette() -> npt.NDArray[np.uint8]:
+    """Colour lookup table ``uint8 [256, 3]``: row ``train_id`` is that class's colour.
+
+    Rows without a class (the ignore index included) are black, so
+    ``palette()[semantic]`` colours any semantic map.
+    """
+    table = np.zeros((256, 3), dtype=np.uint8)
+    for c in CLASSES:
+        table[c.train_id] = c.color
+    return table
+
+
+def cityscapes_to_train_id() -> npt.NDArray[np.uint8]:
+    """Lookup table ``uint8 [256]`` from Cityscapes ``labelIds`` to train ids (255 if unused)."""
+    table = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+    for c in CLASSES:
+        table[c.cityscapes_id] = c.train_id
+    return table
+
+
+def is_thing_table() -> npt.NDArray[np.bool_]:
+    """Boolean lookup ``[256]`` indexed by train id: True for thing classes."""
+    table = np.zeros(256, dtype=bool)
+    table[list(THING_TRAIN_IDS)] = True
+    return table
+
+
+def class_table_json() -> list[dict[str, Any]]:
+    """The class table as JSON-ready dicts (for manifests and model cards)."""
+    return [asdict(c) | {"color": list(c.color)} for c in CLASSES]

@@ -1,0 +1,68 @@
+"""The one sample format every data source in the project yields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from training.data.classes import IGNORE_INDEX, INSTANCE_DIVISOR, is_thing_table
+
+
+class DataConfigError(ValueError):
+    """A data setting or path is invalid; the message names the field or path."""
+
+
+@dataclass
+class SceneSample:
+    """One street image with its dense ground truth.
+
+    Attributes:
+        image: ``uint8 [H, W, 3]`` RGB.
+        semantic: ``uint8 [H, W]`` train ids, ``IGNORE_INDEX`` where unlabelled.
+        instance: ``int32 [H, W]``; 0 = no instance, else ``train_id * 1000 + k``.
+        depth: ``float32 [H, W]`` metric depth along the camera's optical axis, in
+            metres. ``inf`` where the ray meets nothing (sky: inverse depth 0);
+            ``nan`` where there is no measurement (only in real data).
+        name: a stable identifier, e.g. ``"train/000042"``.
+    """
+
+    image: npt.NDArray[np.uint8]
+    semantic: npt.NDArray[np.uint8]
+    instance: npt.NDArray[np.int32]
+    depth: npt.NDArray[np.float32]
+    name: str
+
+    @property
+    def height(self) -> int:
+        return int(self.semantic.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.semantic.shape[1])
+
+    def inverse_depth(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+        """Inverse depth in 1/m (0 for sky) ``float32 [H, W]`` and its validity mask."""
+        valid = ~np.isnan(self.depth)
+        with np.errstate(divide="ignore"):
+            inverse = np.where(valid, 1.0 / np.where(valid, self.depth, 1.0), 0.0)
+        return inverse.astype(np.float32), valid
+
+    def instance_class(self) -> npt.NDArray[np.int32]:
+        """Train id encoded in each instance id ``int32 [H, W]`` (-1 where no instance)."""
+        return np.where(self.instance > 0, self.instance // INSTANCE_DIVISOR, -1).astype(np.int32)
+
+    def check(self) -> None:
+        """Raise ``AssertionError`` if the arrays break the format's invariants."""
+        h, w = self.semantic.shape
+        assert self.image.shape == (h, w, 3) and self.image.dtype == np.uint8
+        assert self.semantic.dtype == np.uint8
+        assert self.instance.shape == (h, w) and self.instance.dtype == np.int32
+        assert self.depth.shape == (h, w) and self.depth.dtype == np.float32
+        things = is_thing_table()[self.semantic]
+        has_instance = self.instance > 0
+        assert not np.any(has_instance & ~things), "instance id on a stuff or ignored pixel"
+        labelled = self.semantic != IGNORE_INDEX
+        assert np.all(self.instance_class()[has_instance] == self.semantic[has_instance])
+        assert not np.any(self.depth[labelled] <= 0), "non-positive depth"
