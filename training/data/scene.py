@@ -205,7 +205,7 @@ class _SceneBuilder:
         return bool(self.rng.random() < p)
 
     def count(self, maximum: int, crowd: float) -> int:
-        return round(maximum * crowd**1.5 * self.u(0.0, 1.0))
+        return int(maximum * crowd**1.5 * self.u(0.0, 1.0) + 0.5)
 
     def add(self, class_name: str, *parts: Primitive) -> None:
         instance_id = 0

@@ -43,4 +43,5 @@ def colorize_inverse_depth(inverse_depth: npt.NDArray[np.floating], max_inverse:
     stops = np.arange(len(_DEPTH_ANCHORS))
     rgb = np.stack([np.interp(position, stops, _DEPTH_ANCHORS[:, c]) for c in range(3)], axis=-1)
     rgb[np.isnan(inverse_depth)] = 128
-    return np.rint(rgb).astype(np.uint8)
+    colors: RGB = np.rint(rgb).astype(np.uint8)
+    return colors
