@@ -1,0 +1,106 @@
+"""Per-task losses (Kendall et al. 2018, Sec. 4): one scalar per task head.
+
+Every loss is a mean over the pixels that carry a label for that task. When a batch
+has no such pixel (no instances in view, no depth measurement) the loss is an exact 0
+that is still connected to the graph, never ``0 / 0 = nan``, so the weighted total and
+``backward()`` keep working and the head simply gets no gradient from that batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn.functional import cross_entropy
+
+from training.data.classes import IGNORE_INDEX
+from training.weighting import TASKS
+
+
+def _masked_mean(per_pixel: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``per_pixel`` over the pixels where ``mask`` is True (0 if none are).
+
+    ``torch.where`` rather than multiplying by the mask: unlabelled pixels may hold
+    nan/inf targets, and ``nan * 0`` is nan while the unselected branch of ``where``
+    contributes neither value nor gradient.
+    """
+    selected = torch.where(mask, per_pixel, torch.zeros_like(per_pixel))
+    # clamp keeps the empty case at 0 / 1 without a host sync on `mask.any()`.
+    return selected.sum() / mask.sum().clamp(min=1)
+
+
+def semantic_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """Cross-entropy averaged over labelled pixels.
+
+    Args:
+        logits: ``float [N, C, H, W]`` unnormalised class scores.
+        target: ``int64 [N, H, W]`` train ids, ``IGNORE_INDEX`` (255) where unlabelled.
+
+    Returns:
+        Scalar tensor, nats per labelled pixel; 0 if no pixel is labelled.
+    """
+    # A "sum" reduction divided by our own count: the built-in "mean" returns nan when
+    # every pixel is ignored.
+    total = cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (target != IGNORE_INDEX).sum().clamp(min=1)
+
+
+def instance_loss(pred_offsets: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """L1 offset error averaged over instance pixels: mean of ``|Δdy| + |Δdx|``.
+
+    Per pixel this is the L1 norm of the 2-vector error (as in the paper's
+    ``1/|N_I| Σ ||x_n − x̂_n||_1``), so the loss is in pixels per instance pixel.
+
+    Args:
+        pred_offsets: ``float [N, 2, H, W]``, pixels, ``(dy, dx)`` to the instance centroid.
+        target: ``float [N, 2, H, W]``, same layout.
+        mask: ``bool [N, H, W]``, True on instance pixels.
+
+    Returns:
+        Scalar tensor, pixels; 0 if there are no instance pixels.
+    """
+    per_pixel = (pred_offsets - target).abs().sum(dim=1)
+    return _masked_mean(per_pixel, mask)
+
+
+def depth_loss(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """L1 inverse-depth error averaged over pixels with a measurement.
+
+    Args:
+        pred: ``float [N, 1, H, W]`` inverse depth, 1/m.
+        target: ``float [N, 1, H, W]`` inverse depth, 1/m (0 for sky).
+        mask: ``bool [N, 1, H, W]``, True where the depth was measured.
+
+    Returns:
+        Scalar tensor, 1/m; 0 if no pixel has a measurement.
+    """
+    return _masked_mean((pred - target).abs(), mask)
+
+
+def task_losses(
+    outputs: dict[str, Tensor], targets: dict[str, Tensor], tasks: tuple[str, ...] = TASKS
+) -> dict[str, Tensor]:
+    """The loss of each task in ``tasks``, keyed by task name (see ``weighting.TASKS``).
+
+    Args:
+        outputs: model outputs ``"semantic_logits"`` ``[N, C, H, W]``,
+            ``"instance_offsets"`` ``[N, 2, H, W]`` and ``"inverse_depth"`` ``[N, 1, H, W]``;
+            only the heads of the requested tasks are read.
+        targets: ``training.targets.build_targets`` output collated to tensors with a
+            batch dimension.
+        tasks: which losses to compute; a subset of ``TASKS``.
+    """
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise ValueError(f"unknown tasks {unknown}; valid tasks: {', '.join(TASKS)}")
+    losses: dict[str, Tensor] = {}
+    if "semantic" in tasks:
+        losses["semantic"] = semantic_loss(outputs["semantic_logits"], targets["semantic"])
+    if "instance" in tasks:
+        losses["instance"] = instance_loss(
+            outputs["instance_offsets"], targets["instance_offsets"], targets["instance_mask"]
+        )
+    if "depth" in tasks:
+        losses["depth"] = depth_loss(
+            outputs["inverse_depth"], targets["inverse_depth"], targets["depth_mask"]
+        )
+    return losses
