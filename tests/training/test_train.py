@@ -1,0 +1,208 @@
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.checkpoint import load_checkpoint
+from training.config import load_config
+from training.train import LOG_COLUMNS, main
+
+REPO = Path(__file__).resolve().parents[2]
+SMOKE = REPO / "configs" / "smoke.yaml"
+
+
+def read_log(run_dir: Path) -> list[dict[str, float]]:
+    with (run_dir / "log.csv").open() as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def train(run_dir: Path, *overrides: str) -> int:
+    return main(["--config", str(SMOKE), f"run_dir={run_dir}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("smoke")
+    assert train(run_dir) == 0
+    return run_dir
+
+
+def test_smoke_run_writes_log_metrics_checkpoint_and_sigma_plot(smoke_run: Path) -> None:
+    with (smoke_run / "log.csv").open() as f:
+        assert tuple(csv.DictReader(f).fieldnames or ()) == LOG_COLUMNS
+    rows = read_log(smoke_run)
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    metrics = json.loads((smoke_run / "metrics.json").read_text())
+    for key in (
+        "semantic_miou",
+        "instance_mean_error_px",
+        "inverse_depth_mean_error",
+        "pixel_accuracy",
+        "depth_abs_rel",
+        "depth_delta1",
+        "sigma",
+    ):
+        assert key in metrics
+    assert (smoke_run / "sigma.png").stat().st_size > 1000
+    state = load_checkpoint(smoke_run / "last.pt")
+    assert state["step"] == 6
+    assert state["config"].model.aspp_channels == 32  # the config travels with the checkpoint
+
+
+def test_learned_sigmas_move_during_training(smoke_run: Path) -> None:
+    rows = read_log(smoke_run)
+    for task in ("semantic", "instance", "depth"):
+        assert rows[-1][f"sigma_{task}"] != pytest.approx(rows[0][f"sigma_{task}"], abs=1e-4)
+    # Semantic cross-entropy (~3) is large for σ=1, so its σ must grow; the tiny depth loss pulls σ down.
+    assert rows[-1]["sigma_semantic"] > 1.0
+    assert rows[-1]["sigma_depth"] < 1.0
+
+
+def test_learning_rate_follows_the_poly_schedule(smoke_run: Path) -> None:
+    rows = read_log(smoke_run)
+    for row in rows:
+        step = int(row["step"]) - 1  # the rate used for the update that ended at this step
+        assert row["lr"] == pytest.approx(0.01 * (1 - step / 6) ** 0.9)
+
+
+def test_a_small_model_overfits_a_handful_of_scenes(tmp_path: Path) -> None:
+    overrides = (
+        "data.train_count=4",
+        "data.hflip=false",
+        "batch_size=4",
+        "steps=60",
+        "optim.lr=0.1",
+        "checkpoint_every=0",
+        "model.aspp_channels=64",
+        "model.decoder_channels=64",
+    )
+    assert train(tmp_path, *overrides) == 0
+    rows = read_log(tmp_path)
+    for task in ("semantic", "instance", "depth"):
+        start = rows[0][f"loss_{task}"]
+        end = sum(r[f"loss_{task}"] for r in rows[-5:]) / 5
+        assert end < 0.5 * start, f"{task}: {start:.3f} -> {end:.3f}"
+
+
+def test_resuming_continues_the_same_run(tmp_path: Path) -> None:
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert train(straight, "keep_checkpoints=true") == 0
+    halfway = straight / "step_0000003.pt"
+    assert train(resumed, f"resume={halfway}", "keep_checkpoints=true") == 0
+    a = load_checkpoint(straight / "last.pt")
+    b = load_checkpoint(resumed / "last.pt")
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(b["model"][name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+    assert a["sigma"] == pytest.approx(b["sigma"], rel=1e-5)
+    assert [int(r["step"]) for r in read_log(resumed)] == [4, 5, 6]
+
+
+def test_single_task_training_leaves_other_heads_untouched(tmp_path: Path) -> None:
+    assert train(tmp_path, "loss.strategy=fixed", "loss.weights={semantic: 1, instance: 0, depth: 0}") == 0
+    state = load_checkpoint(tmp_path / "last.pt")
+    torch.manual_seed(0)
+    from training.model import SceneModel
+
+    initial = SceneModel(state["config"].model).state_dict()
+    trained = state["model"]
+    weights = [k for k in initial if k.endswith("weight") and "num_batches" not in k]
+    for key in weights:
+        if key.startswith(("instance_head.", "depth_head.")):
+            torch.testing.assert_close(trained[key], initial[key], msg=key)
+    assert not torch.equal(trained["semantic_head.3.weight"], initial["semantic_head.3.weight"])
+    rows = read_log(tmp_path)
+    assert all(math.isnan(r["sigma_instance"]) for r in rows)  # not a participant
+
+
+def test_non_finite_loss_stops_with_task_and_step_and_keeps_last_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import training.train as train_module
+
+    real = train_module.task_losses
+    calls = {"n": 0}
+
+    def poisoned(
+        outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        losses = real(outputs, targets)
+        calls["n"] += 1
+        if calls["n"] == 5:  # the step with index 4, after the checkpoint at step 3
+            losses["depth"] = losses["depth"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(train_module, "task_losses", poisoned)
+    assert train(tmp_path) == 1
+    err = capsys.readouterr().err
+    assert "depth" in err and "step 4" in err and "last.pt" in err
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert state["step"] == 3
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.backbone=vgg", "mobilenet_v3_large, resnet50, resnet101"),
+        ("loss.strategy=magic", "dwa, fixed, uncertainty, uncertainty_log1p"),
+        ("steps=0", "steps"),
+        ("optim.lr=fast", "optim.lr"),
+        ("optim.momentun=0.9", "valid keys here"),
+        ("data.source=cityscapes", "data.root"),
+    ],
+)
+def test_bad_configs_stop_with_one_clear_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str, message: str
+) -> None:
+    assert train(tmp_path, override) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scene-train: error:") and message in err
+    assert "Traceback" not in err
+
+
+def test_missing_cityscapes_root_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert train(tmp_path, "data.source=cityscapes", f"data.root={tmp_path / 'nowhere'}") == 2
+    assert str(tmp_path / "nowhere") in capsys.readouterr().err
+
+
+def test_overrides_reach_nested_fields_and_keep_types() -> None:
+    config = load_config(SMOKE, ["optim.lr=0.5", "model.aspp_rates=[2, 3, 4]", "data.hflip=false", "steps=9"])
+    assert config.optim.lr == 0.5 and config.model.aspp_rates == [2, 3, 4]
+    assert config.data.hflip is False and config.steps == 9
+    assert config.data.height == 64  # from the file
+
+
+def test_ddp_with_two_cpu_processes(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "training",
+            "--config",
+            str(SMOKE),
+            f"run_dir={tmp_path}",
+            "steps=4",
+            "checkpoint_every=2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_log(tmp_path)
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]  # one log, written by rank 0 only
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 4
+    assert not list(tmp_path.glob("*.tmp"))

@@ -1,0 +1,92 @@
+"""Checkpoints: everything to resume a run, or to rebuild its model from the file alone.
+
+Files are written atomically (temporary file, then rename), so an interrupted save
+never leaves a truncated checkpoint where a good one was. They are read with
+``torch.load(weights_only=True)``, which never unpickles arbitrary code: a
+checkpoint holds only tensors and plain Python data.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from training.config import ConfigError, TrainConfig, from_dict, to_dict
+from training.model import SceneModel
+
+FORMAT = "scene-mtl/checkpoint-v1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated, or not a scene-mtl checkpoint."""
+
+
+def save_checkpoint(
+    path: Path,
+    *,
+    config: TrainConfig,
+    step: int,
+    model: nn.Module,
+    weighting: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    sigma: dict[str, float] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> None:
+    state: dict[str, Any] = {
+        "format": FORMAT,
+        "config": to_dict(config),
+        "step": step,
+        "model": model.state_dict(),
+        "weighting": weighting.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "rng": {"torch": torch.get_rng_state()},
+        "sigma": sigma or {},
+        "metrics": metrics or {},
+    }
+    if torch.cuda.is_available():
+        state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read and check a checkpoint; one `CheckpointError` says what is wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OSError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read: it is truncated, or not a file saved by scene-train "
+            f"({first_line})"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"checkpoint {path} is not a scene-mtl checkpoint (format {found!r})")
+    try:
+        state["config"] = from_dict(state["config"])
+    except ConfigError as error:
+        raise CheckpointError(f"checkpoint {path} holds an invalid config: {error}") from None
+    return state
+
+
+def model_from_checkpoint(path: str | Path) -> tuple[SceneModel, dict[str, Any]]:
+    """The trained model in eval mode, and the checkpoint's other contents."""
+    state = load_checkpoint(path)
+    config: TrainConfig = state["config"]
+    model_config = config.model
+    model_config.backbone_weights = None  # the checkpoint already holds every weight
+    model = SceneModel(model_config)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, state

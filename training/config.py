@@ -1,0 +1,236 @@
+"""One typed training configuration: YAML file + ``key=value`` overrides.
+
+The whole `TrainConfig` is saved inside every checkpoint, so evaluation and export
+rebuild the model from the checkpoint alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from training.model import BACKBONES, ModelConfig
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    """Where training images come from.
+
+    Attributes:
+        source: ``"procedural"`` (rendered on the fly) or ``"cityscapes"``.
+        root: Cityscapes root directory (source ``cityscapes`` only).
+        height, width: training resolution (paper: 128 x 256, "Tiny Cityscapes").
+        seed: procedural dataset seed; the validation split uses the same seed's
+            ``val`` stream, so it never shares a scene with training.
+        train_count: procedural scenes per pass over the training set.
+        val_count: procedural validation scenes.
+        hflip: random horizontal flips (paper: yes).
+        workers: DataLoader worker processes.
+    """
+
+    source: str = "procedural"
+    root: str | None = None
+    height: int = 128
+    width: int = 256
+    seed: int = 0
+    train_count: int = 20000
+    val_count: int = 200
+    hflip: bool = True
+    workers: int = 2
+
+
+@dataclass
+class OptimConfig:
+    """SGD with Nesterov momentum and poly learning-rate decay (paper defaults).
+
+    ``log_variance_lr`` is the learning rate of the loss weighting's learned
+    parameters (the uncertainty strategies' s_i); ``None`` means ``lr``. Those
+    parameters never get weight decay.
+    """
+
+    lr: float = 2.5e-3
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    log_variance_lr: float | None = None
+    grad_clip_norm: float | None = None
+
+
+@dataclass
+class LossConfig:
+    """Task loss weighting; see `training.weighting` for the strategies.
+
+    Attributes:
+        strategy: ``uncertainty`` (paper), ``fixed``, ``uncertainty_log1p`` or ``dwa``.
+        tasks: tasks that take part (for ``uncertainty``, ``uncertainty_log1p``, ``dwa``).
+        init_log_variance: initial s_i = log σ_i² of the uncertainty strategies.
+        weights: per-task weights of ``fixed``; zero turns a task off.
+        dwa_temperature, dwa_window: DWA's temperature and averaging window in steps.
+    """
+
+    strategy: str = "uncertainty"
+    tasks: list[str] = field(default_factory=lambda: ["semantic", "instance", "depth"])
+    init_log_variance: float = 0.0
+    weights: dict[str, float] = field(
+        default_factory=lambda: {"semantic": 1 / 3, "instance": 1 / 3, "depth": 1 / 3}
+    )
+    dwa_temperature: float = 2.0
+    dwa_window: int = 50
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; ``scene-train --config FILE key=value ...``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    steps: int = 50000
+    batch_size: int = 8
+    seed: int = 0
+    run_dir: str = "runs/default"
+    log_every: int = 10
+    eval_every: int = 0
+    checkpoint_every: int = 500
+    keep_checkpoints: bool = False
+    device: str = "auto"
+    amp: bool = True
+    resume: str | None = None
+
+    def validate(self) -> None:
+        positive = {
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "log_every": self.log_every,
+            "data.height": self.data.height,
+            "data.width": self.data.width,
+            "data.train_count": self.data.train_count,
+            "data.val_count": self.data.val_count,
+            "optim.lr": self.optim.lr,
+            "model.aspp_channels": self.model.aspp_channels,
+            "model.decoder_channels": self.model.decoder_channels,
+        }
+        for key, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{key}: must be positive, got {value}")
+        for key, value in {"eval_every": self.eval_every, "checkpoint_every": self.checkpoint_every}.items():
+            if value < 0:
+                raise ConfigError(f"{key}: must be >= 0 (0 = never), got {value}")
+        if self.model.backbone not in BACKBONES:
+            raise ConfigError(
+                f"model.backbone: unknown backbone {self.model.backbone!r}; valid: {', '.join(BACKBONES)}"
+            )
+        if self.data.source not in ("procedural", "cityscapes"):
+            raise ConfigError(
+                f"data.source: unknown source {self.data.source!r}; valid: procedural, cityscapes"
+            )
+        if self.data.source == "cityscapes" and not self.data.root:
+            raise ConfigError("data.root: required when data.source is cityscapes")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ConfigError(f"device: expected auto, cpu or cuda[:N], got {self.device!r}")
+
+
+def to_dict(config: TrainConfig) -> dict[str, Any]:
+    return asdict(config)
+
+
+def from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Build a `TrainConfig` from plain data, checking every key and type."""
+    config = _build(TrainConfig, data, "")
+    assert isinstance(config, TrainConfig)
+    config.validate()
+    return config
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML file (or start from defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"--config: {path} not found")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--config: {path} is not valid YAML: {error}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"--config: {path} must hold a mapping at the top level")
+        data = loaded or {}
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {override!r}: expected key=value, e.g. optim.lr=0.01")
+        try:
+            value = yaml.safe_load(raw) if raw else None
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {override!r}: {part} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return from_dict(data)
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key; valid keys here: {', '.join(names)}")
+    kwargs = {name: _coerce(hints[name], data[name], f"{prefix}{name}") for name in names if name in data}
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return _build(hint, value, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported type {hint!r}")

@@ -1,0 +1,372 @@
+"""`scene-train`: train the three-head model with learned task-uncertainty weighting.
+
+    scene-train --config configs/default.yaml [key=value ...]
+    torchrun --nproc_per_node=K -m training --config configs/default.yaml
+
+The run directory receives ``log.csv`` (losses, σ and learning rate per logged step),
+``last.pt`` (the latest checkpoint; ``resume=PATH`` continues from any checkpoint),
+``metrics.json`` (final validation metrics) and ``sigma.png`` (σ per task over steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from training.config import ConfigError, LossConfig, TrainConfig, load_config
+from training.data.sample import DataConfigError
+from training.dataset import StepSampler, TaskDataset, batch_to, build_scenes
+from training.evaluate import evaluate
+from training.losses import task_losses
+from training.model import SceneModel
+from training.weighting import TASKS, LossWeighting, NonFiniteLossError, build_weighting, check_finite
+
+LOG_COLUMNS = (
+    "step",
+    "lr",
+    "loss_total",
+    *(f"loss_{t}" for t in TASKS),
+    *(f"sigma_{t}" for t in TASKS),
+    *(f"weight_{t}" for t in TASKS),
+    "images_per_s",
+)
+
+
+@dataclass
+class Runtime:
+    """Where this process runs: its rank among ``world_size`` and its device."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+class Objective(nn.Module):
+    """Model + loss weighting as one module, so DDP also averages the gradients of the learned s_i."""
+
+    def __init__(self, model: SceneModel, weighting: LossWeighting) -> None:
+        super().__init__()
+        self.model = model
+        self.weighting = weighting
+
+    def forward(self, batch: dict[str, Tensor], autocast: Any) -> tuple[Tensor, dict[str, Tensor]]:
+        with autocast:
+            outputs = self.model(batch["image"])
+        # Losses in float32 whatever the autocast precision.
+        losses = task_losses({k: v.float() for k, v in outputs.items()}, batch)
+        total, _ = self.weighting({t: losses[t] for t in self.weighting.tasks})
+        return total, losses
+
+
+def build_weighting_from_config(config: LossConfig) -> LossWeighting:
+    options: dict[str, Any] = {}
+    if config.strategy in ("uncertainty", "uncertainty_log1p"):
+        options = {"tasks": config.tasks, "initial_log_variance": config.init_log_variance}
+    elif config.strategy == "fixed":
+        options = {"weights": config.weights}
+    elif config.strategy == "dwa":
+        options = {"tasks": config.tasks, "temperature": config.dwa_temperature, "window": config.dwa_window}
+    try:
+        return build_weighting(config.strategy, **options)
+    except ValueError as error:
+        raise ConfigError(f"loss.strategy: {error}") from None
+
+
+def build_optimizer(model: nn.Module, weighting: LossWeighting, config: TrainConfig) -> torch.optim.SGD:
+    optim = config.optim
+    groups: list[dict[str, Any]] = [{"params": list(model.parameters()), "weight_decay": optim.weight_decay}]
+    groups += weighting.parameter_groups(optim.log_variance_lr or optim.lr)
+    optimizer = torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov)
+    for group in optimizer.param_groups:
+        group["base_lr"] = group["lr"]
+    return optimizer
+
+
+def poly_lr(optimizer: torch.optim.Optimizer, step: int, total_steps: int, power: float) -> float:
+    """Set every group's rate to ``base_lr · (1 − step / total_steps)^power``; returns the model's."""
+    factor = (1.0 - step / total_steps) ** power
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * factor
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def setup_runtime(config: TrainConfig) -> Runtime:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = config.device.startswith("cuda") or (config.device == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        device = torch.device(
+            "cuda", local_rank if world_size > 1 else torch.device(config.device).index or 0
+        )
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Runtime(rank, world_size, device)
+
+
+def train(config: TrainConfig, runtime: Runtime) -> dict[str, Any]:
+    """Run the whole recipe; returns the final validation metrics."""
+    run_dir = Path(config.run_dir)
+    torch.manual_seed(config.seed)
+    on_cuda = runtime.device.type == "cuda"
+    model = SceneModel(config.model).to(runtime.device)
+    if on_cuda:
+        model = model.to(memory_format=torch.channels_last)
+    weighting = build_weighting_from_config(config.loss).to(runtime.device)
+    optimizer = build_optimizer(model, weighting, config)
+
+    start_step = 0
+    if config.resume:
+        state = load_checkpoint(config.resume)
+        model.load_state_dict(state["model"])
+        weighting.load_state_dict(state["weighting"])
+        if state["optimizer"] is not None:
+            optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        start_step = int(state["step"])
+        if start_step >= config.steps:
+            raise ConfigError(
+                f"resume: {config.resume} is already at step {start_step} of steps={config.steps}"
+            )
+
+    objective: nn.Module = Objective(model, weighting)
+    if runtime.world_size > 1:
+        # A task with zero weight leaves its head without gradient; DDP must be told to expect that.
+        unused = set(TASKS) - set(weighting.tasks)
+        objective = DistributedDataParallel(objective, find_unused_parameters=bool(unused))
+
+    train_scenes = build_scenes(config.data, "train")
+    sampler = StepSampler(
+        len(train_scenes),
+        config.batch_size,
+        config.seed,
+        start_step,
+        config.data.hflip,
+        runtime.rank,
+        runtime.world_size,
+    )
+    loader = DataLoader(
+        TaskDataset(train_scenes),
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=config.data.workers,
+        pin_memory=on_cuda,
+        persistent_workers=config.data.workers > 0,
+        # Its own generator: drawing worker seeds from the global RNG would shift the
+        # dropout masks of a resumed run away from those of an uninterrupted one.
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda and config.amp else nullcontext()
+
+    log = _Log(run_dir, resume=start_step > 0) if runtime.is_main else None
+    progress = tqdm(
+        total=config.steps,
+        initial=start_step,
+        desc="training",
+        unit="step",
+        file=sys.stderr,
+        disable=not runtime.is_main,
+        dynamic_ncols=True,
+    )
+    batches = iter(loader)
+    last_saved = run_dir / "last.pt"
+    window_start, window_images = time.perf_counter(), 0
+    for step in range(start_step, config.steps):
+        lr = poly_lr(optimizer, step, config.steps, config.optim.poly_power)
+        batch = batch_to(next(batches), runtime.device, channels_last=on_cuda)
+        total, losses = objective(batch, autocast)
+        check_finite({t: losses[t] for t in weighting.tasks}, step)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if config.optim.grad_clip_norm:
+            nn.utils.clip_grad_norm_(objective.parameters(), config.optim.grad_clip_norm)
+        optimizer.step()
+        window_images += config.batch_size * runtime.world_size
+        done = step + 1
+
+        if log is not None and (done % config.log_every == 0 or done == config.steps):
+            elapsed = time.perf_counter() - window_start
+            sigma = weighting.sigma()
+            _, weights = _weights(weighting, losses)
+            row: dict[str, float] = {"step": done, "lr": lr, "loss_total": total.item()}
+            row |= {f"loss_{t}": losses[t].item() for t in TASKS}
+            row |= {f"sigma_{t}": sigma.get(t, math.nan) for t in TASKS}
+            row |= {f"weight_{t}": weights.get(t, 0.0) for t in TASKS}
+            row["images_per_s"] = window_images / elapsed if elapsed > 0 else math.nan
+            log.write(row)
+            progress.set_postfix_str(
+                " ".join(f"{t[:4]} {losses[t].item():.3f}/σ{sigma[t]:.2f}" for t in weighting.tasks)
+                + f" | {row['images_per_s']:.1f} img/s"
+            )
+            window_start, window_images = time.perf_counter(), 0
+        progress.update(1)
+
+        if runtime.is_main and config.checkpoint_every and done % config.checkpoint_every == 0:
+            _save(last_saved, config, done, model, weighting, optimizer)
+            if config.keep_checkpoints:
+                _save(run_dir / f"step_{done:07d}.pt", config, done, model, weighting, optimizer)
+        if runtime.is_main and config.eval_every and done % config.eval_every == 0 and done < config.steps:
+            metrics = evaluate(
+                model, build_scenes(config.data, "val"), batch_size=config.batch_size, device=runtime.device
+            )
+            _append_eval(run_dir, done, metrics)
+    progress.close()
+
+    final: dict[str, Any] = {}
+    if runtime.is_main:
+        metrics = evaluate(
+            model,
+            build_scenes(config.data, "val"),
+            batch_size=config.batch_size,
+            device=runtime.device,
+            progress=True,
+        )
+        final = {"step": config.steps, "sigma": weighting.sigma(), **metrics}
+        _save(last_saved, config, config.steps, model, weighting, optimizer, final)
+        (run_dir / "metrics.json").write_text(json.dumps(final, indent=2))
+        plot_sigma(run_dir / "log.csv", run_dir / "sigma.png")
+    if runtime.world_size > 1:
+        dist.barrier()
+    return final
+
+
+def _weights(weighting: LossWeighting, losses: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+    was_training = weighting.training
+    weighting.eval()  # weighing for the log must not advance stateful strategies such as DWA
+    with torch.no_grad():
+        total, weights = weighting({t: losses[t].detach() for t in weighting.tasks})
+    weighting.train(was_training)
+    return total, weights
+
+
+def _save(
+    path: Path,
+    config: TrainConfig,
+    step: int,
+    model: SceneModel,
+    weighting: LossWeighting,
+    optimizer: torch.optim.Optimizer,
+    metrics: dict[str, Any] | None = None,
+) -> None:
+    save_checkpoint(
+        path,
+        config=config,
+        step=step,
+        model=model,
+        weighting=weighting,
+        optimizer=optimizer,
+        sigma=weighting.sigma(),
+        metrics=metrics,
+    )
+
+
+class _Log:
+    """``log.csv`` of the run; appends when resuming, so one file covers the whole run."""
+
+    def __init__(self, run_dir: Path, resume: bool) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = run_dir / "log.csv"
+        fresh = not (resume and self.path.exists())
+        self.file = self.path.open("w" if fresh else "a", newline="")
+        self.writer = csv.DictWriter(self.file, fieldnames=LOG_COLUMNS)
+        if fresh:
+            self.writer.writeheader()
+
+    def write(self, row: dict[str, float]) -> None:
+        self.writer.writerow(row)
+        self.file.flush()
+
+
+def _append_eval(run_dir: Path, step: int, metrics: dict[str, Any]) -> None:
+    path = run_dir / "eval.csv"
+    scalars = {"step": step} | {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(scalars))
+        if new:
+            writer.writeheader()
+        writer.writerow(scalars)
+
+
+def plot_sigma(log_csv: Path, out: Path) -> None:
+    """Plot each task's σ over steps from ``log.csv``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with log_csv.open() as f:
+        rows = list(csv.DictReader(f))
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    steps = [int(r["step"]) for r in rows]
+    for task in TASKS:
+        values = [float(r[f"sigma_{task}"]) for r in rows]
+        if not all(math.isnan(v) for v in values):
+            ax.plot(steps, values, label=task)
+    ax.set_xlabel("step")
+    ax.set_ylabel("σ (task uncertainty)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("Learned task uncertainty σ = exp(s / 2)")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="scene-train",
+        description="Train the semantic + instance + depth model with learned task-uncertainty loss "
+        "weighting "
+        "(Kendall, Gal & Cipolla 2018). Run under torchrun for DistributedDataParallel.",
+        epilog="Overrides are dotted keys, e.g.: optim.lr=0.01 loss.strategy=fixed "
+        "loss.weights='{semantic: 1, instance: 0, depth: 0}' steps=2000 run_dir=runs/x resume=runs/x/last.pt",
+    )
+    parser.add_argument("--config", type=Path, help="YAML config (default: built-in defaults)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config, args.overrides)
+        runtime = setup_runtime(config)
+        train(config, runtime)
+    except (ConfigError, CheckpointError, DataConfigError) as error:
+        print(f"scene-train: error: {error}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as error:
+        last = Path(config.run_dir) / "last.pt"
+        kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was saved yet"
+        print(f"scene-train: stopped: {error}; {kept}", file=sys.stderr)
+        return 1
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
