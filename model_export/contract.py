@@ -1,0 +1,149 @@
+"""The ONNX contract between export and service: tensor names, layouts and the model card.
+
+An exported model has one input and four outputs (N images of H x W pixels):
+
+=====================  =========  ================  ==============================================
+name                   dtype      shape             meaning
+=====================  =========  ================  ==============================================
+``image``              uint8      [N, H, W, 3]      RGB; normalisation happens inside the graph
+``semantic``           uint8      [N, H, W]         train id of the most likely class (argmax)
+``semantic_confidence`` float32   [N, H, W]         softmax probability of that class
+``instance_offsets``   float32    [N, 2, H, W]      pixels, (dy, dx) from each pixel to its
+                                                    instance's centroid
+``inverse_depth``      float32    [N, 1, H, W]      1/m; 0 = infinitely far (sky)
+=====================  =========  ================  ==============================================
+
+N, H and W are dynamic. H and W should be multiples of ``spatial_multiple`` (the
+backbone's output stride) so features align with pixels; the service resizes every
+image to the training resolution recorded in the card.
+
+The model card is JSON in the ONNX metadata under ``METADATA_KEY``. This module only
+needs the standard library and numpy, so the service can import it without torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+INPUT_NAME = "image"
+SEMANTIC = "semantic"
+SEMANTIC_CONFIDENCE = "semantic_confidence"
+INSTANCE_OFFSETS = "instance_offsets"
+INVERSE_DEPTH = "inverse_depth"
+OUTPUT_NAMES: tuple[str, ...] = (SEMANTIC, SEMANTIC_CONFIDENCE, INSTANCE_OFFSETS, INVERSE_DEPTH)
+
+METADATA_KEY = "scene_mtl.model_card"
+CARD_SCHEMA = "scene-mtl/model-card-v1"
+TASKS: tuple[str, ...] = ("semantic", "instance", "depth")
+MAX_IR_VERSION = 10  # what every onnxruntime release since 1.16 loads
+
+
+class ModelCardError(ValueError):
+    """The model card is missing or lacks a required field; the message names it."""
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    name: str
+    train_id: int
+    color: tuple[int, int, int]
+    is_thing: bool
+
+
+@dataclass(frozen=True)
+class TaskUncertainty:
+    """A task's learned homoscedastic uncertainty: σ and s = log σ²."""
+
+    sigma: float
+    log_variance: float
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a model file says about itself; `raw` keeps every field, known or not."""
+
+    name: str
+    version: str
+    backbone: str
+    input_height: int
+    input_width: int
+    spatial_multiple: int
+    precision: str
+    classes: tuple[ClassInfo, ...]
+    ignore_index: int
+    task_uncertainty: dict[str, TaskUncertainty]
+    weighting: str
+    metrics: dict[str, Any]
+    raw: dict[str, Any]
+
+    @property
+    def thing_ids(self) -> tuple[int, ...]:
+        return tuple(c.train_id for c in self.classes if c.is_thing)
+
+    def to_json(self) -> str:
+        return json.dumps(self.raw, indent=2, sort_keys=True)
+
+
+def parse_model_card(text: str | None) -> ModelCard:
+    """Parse and check the card's JSON; raise `ModelCardError` naming what is wrong."""
+    if not text:
+        raise ModelCardError(f"the model has no {METADATA_KEY!r} metadata entry; export it with scene-export")
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ModelCardError(f"{METADATA_KEY} is not valid JSON: {error}") from None
+    if not isinstance(raw, dict):
+        raise ModelCardError(f"{METADATA_KEY} must be a JSON object")
+    if raw.get("schema") != CARD_SCHEMA:
+        raise ModelCardError(f"model card schema {raw.get('schema')!r}, expected {CARD_SCHEMA!r}")
+
+    def field(path: str, kind: type | tuple[type, ...]) -> Any:
+        node: Any = raw
+        for part in path.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise ModelCardError(f"model card lacks {path}")
+            node = node[part]
+        if not isinstance(node, kind) or (
+            kind is not bool and isinstance(node, bool) and kind in (int, float)
+        ):
+            raise ModelCardError(f"model card field {path} has the wrong type: {node!r}")
+        return node
+
+    classes = []
+    for i, entry in enumerate(field("classes", list)):
+        try:
+            classes.append(
+                ClassInfo(
+                    name=str(entry["name"]),
+                    train_id=int(entry["train_id"]),
+                    color=(int(entry["color"][0]), int(entry["color"][1]), int(entry["color"][2])),
+                    is_thing=bool(entry["is_thing"]),
+                )
+            )
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise ModelCardError(f"model card classes[{i}] is malformed: {entry!r}") from None
+    uncertainty = {}
+    for task in TASKS:
+        sigma = float(field(f"task_uncertainty.{task}.sigma", (int, float)))
+        log_variance = float(field(f"task_uncertainty.{task}.log_variance", (int, float)))
+        if not (math.isfinite(sigma) and sigma > 0):
+            raise ModelCardError(f"model card task_uncertainty.{task}.sigma must be positive, got {sigma}")
+        uncertainty[task] = TaskUncertainty(sigma, log_variance)
+    return ModelCard(
+        name=field("name", str),
+        version=field("version", str),
+        backbone=field("backbone", str),
+        input_height=field("input.height", int),
+        input_width=field("input.width", int),
+        spatial_multiple=field("input.spatial_multiple", int),
+        precision=field("precision", str),
+        classes=tuple(classes),
+        ignore_index=field("ignore_index", int),
+        task_uncertainty=uncertainty,
+        weighting=field("weighting", str),
+        metrics=field("metrics", dict),
+        raw=raw,
+    )

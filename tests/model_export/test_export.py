@@ -1,0 +1,152 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+import model_export.cli as cli
+from model_export.contract import INPUT_NAME, MAX_IR_VERSION, METADATA_KEY, OUTPUT_NAMES, parse_model_card
+from model_export.export import verification_images, verify
+from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.train import main as train_main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run")
+    assert train_main(["--config", str(REPO / "configs/smoke.yaml"), f"run_dir={run_dir}", "steps=3"]) == 0
+    return run_dir / "last.pt"
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("export") / "model.onnx"
+    code = cli.main(
+        [
+            "--checkpoint",
+            str(checkpoint),
+            "--out",
+            str(out),
+            "--fp16",
+            "--int8",
+            "--calibration-count",
+            "8",
+            "--name",
+            "smoke",
+            "--version",
+            "7",
+        ]
+    )
+    assert code == 0
+    return out
+
+
+def test_exported_model_passes_the_checker_and_loads_in_onnxruntime(exported: Path) -> None:
+    model = onnx.load(str(exported))
+    onnx.checker.check_model(model, full_check=True)
+    assert model.ir_version <= MAX_IR_VERSION
+    session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == [INPUT_NAME]
+    assert [o.name for o in session.get_outputs()] == list(OUTPUT_NAMES)
+
+
+def test_model_card_round_trips_through_the_metadata(exported: Path, checkpoint: Path) -> None:
+    # The three lines the docs show a user.
+    session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    card = json.loads(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
+    parsed = parse_model_card(json.dumps(card))
+
+    state = load_checkpoint(checkpoint)
+    assert (parsed.name, parsed.version, parsed.precision) == ("smoke", "7", "fp32")
+    assert (parsed.input_height, parsed.input_width) == (64, 128)
+    assert len(parsed.classes) == 19 and parsed.thing_ids == (11, 12, 13, 14, 15, 16, 17, 18)
+    assert parsed.classes[13].name == "car" and parsed.classes[13].color == (0, 0, 142)
+    for task, sigma in state["sigma"].items():
+        assert parsed.task_uncertainty[task].sigma == pytest.approx(sigma)
+        assert parsed.task_uncertainty[task].log_variance == pytest.approx(2 * np.log(sigma))
+    assert parsed.weighting == "uncertainty"
+    assert "semantic_miou" in parsed.metrics
+    assert len(card["training"]["config_sha256"]) == 64
+    on_disk = json.loads(exported.with_suffix(".card.json").read_text())
+    assert on_disk == card
+    plain = {p.key: p.value for p in onnx.load(str(exported)).metadata_props}
+    assert json.loads(plain[METADATA_KEY]) == card
+
+
+@pytest.mark.parametrize(("batch", "height", "width"), [(1, 64, 128), (3, 96, 160)])
+def test_dynamic_batch_and_size_match_pytorch(
+    exported: Path, checkpoint: Path, batch: int, height: int, width: int
+) -> None:
+    session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    images = np.random.default_rng(0).integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
+    semantic, confidence, offsets, inverse_depth = session.run(list(OUTPUT_NAMES), {INPUT_NAME: images})
+    assert semantic.dtype == np.uint8 and semantic.shape == (batch, height, width)
+    assert confidence.shape == (batch, height, width) and np.all((confidence > 0) & (confidence <= 1))
+    assert offsets.shape == (batch, 2, height, width) and inverse_depth.shape == (batch, 1, height, width)
+    model, _ = model_from_checkpoint(checkpoint)
+    with torch.no_grad():
+        reference = model(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)
+    np.testing.assert_allclose(offsets, reference["instance_offsets"].numpy(), atol=1e-4)
+    np.testing.assert_array_equal(semantic, reference["semantic_logits"].argmax(1).numpy())
+
+
+@pytest.mark.parametrize("variant", ["fp16", "int8"])
+def test_reduced_precision_variants_load_run_and_say_what_they_are(exported: Path, variant: str) -> None:
+    path = exported.with_suffix(f".{variant}.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert parse_model_card(session.get_modelmeta().custom_metadata_map[METADATA_KEY]).precision == variant
+    assert session.get_inputs()[0].type == "tensor(uint8)"
+    outputs = session.run(None, {INPUT_NAME: np.zeros((2, 64, 128, 3), dtype=np.uint8)})
+    assert [o.dtype for o in outputs] == [np.uint8, np.float32, np.float32, np.float32]
+    assert path.stat().st_size < exported.stat().st_size
+
+
+def test_verification_catches_a_mismatched_model(exported: Path, checkpoint: Path) -> None:
+    model, _ = model_from_checkpoint(checkpoint)
+    images = verification_images(64, 128, scenes=2)
+    assert verify(exported, model, images, "fp32").passed
+    with torch.no_grad():
+        model.depth_head[3].bias += 0.01  # a change far smaller than any bug would make
+    report = verify(exported, model, images, "fp32")
+    assert not report.passed
+    assert any("inverse_depth" in failure for failure in report.failures)
+
+
+def test_export_that_fails_verification_leaves_no_model_behind(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real_export = cli.export_fp32
+
+    def export_a_different_model(model: torch.nn.Module, path: Path, height: int, width: int) -> None:
+        other, _ = model_from_checkpoint(checkpoint)
+        with torch.no_grad():
+            other.semantic_head[3].bias[5] += 50.0  # every pixel becomes class 5
+        real_export(other, path, height, width)
+
+    monkeypatch.setattr(cli, "export_fp32", export_a_different_model)
+    out = tmp_path / "model.onnx"
+    assert cli.main(["--checkpoint", str(checkpoint), "--out", str(out)]) == 1
+    assert "verification FAILED" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_truncated_and_foreign_checkpoints_give_one_clear_error(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(checkpoint.read_bytes()[:4096])
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    for path, message in (
+        (tmp_path / "nope.pt", "not found"),
+        (truncated, "cannot be read"),
+        (foreign, "not a scene-mtl checkpoint"),
+    ):
+        assert cli.main(["--checkpoint", str(path), "--out", str(tmp_path / "m.onnx")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("scene-export: error:") and message in err and "Traceback" not in err
