@@ -48,16 +48,12 @@ def main() -> None:
     for run in range(args.runs):
         culled.append(time_scenes(dataset, args.count, cull=True) / args.count)
         brute.append(time_scenes(dataset, baseline_count, cull=False) / baseline_count)
-        print(
-            f"run {run + 1}: {culled[-1] * 1e3:.1f} ms/scene culled, {brute[-1] * 1e3:.1f} ms brute force"
-        )
+        print(f"run {run + 1}: {culled[-1] * 1e3:.1f} ms/scene culled, {brute[-1] * 1e3:.1f} ms brute force")
     per_scene, per_scene_brute = statistics.median(culled), statistics.median(brute)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, one used")
     print(f"resolution {args.height}x{args.width}, {args.count} scenes, median of {args.runs} runs")
     print(f"renderer:          {per_scene * 1e3:.1f} ms/scene -> {per_scene * 1000:.1f} s per 1,000 scenes")
-    print(
-        f"baseline (no cull): {per_scene_brute * 1e3:.1f} ms/scene -> {per_scene_brute * 1000:.1f} s/1,000"
-    )
+    print(f"baseline (no cull): {per_scene_brute * 1e3:.1f} ms/scene -> {per_scene_brute * 1000:.1f} s/1,000")
     print(f"speed-up from culling: {per_scene_brute / per_scene:.2f}x")
 
 
