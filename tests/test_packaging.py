@@ -30,3 +30,22 @@ def test_service_and_data_import_without_torch() -> None:
         "ProceduralScenes(count=1, height=16, width=32)[0].check()\n"
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_console_scripts_explain_themselves() -> None:
+    from pathlib import Path
+
+    expected = {
+        "scene-data": ["render", "preview"],
+        "scene-train": ["--config", "key=value", "resume="],
+        "scene-eval": ["--checkpoint", "--out", "--count", "--seed"],
+        "scene-export": ["--checkpoint", "--out", "--fp16", "--int8", "--calibration-count"],
+    }
+    bin_dir = Path(sys.executable).parent
+    for script, words in expected.items():
+        result = subprocess.run(
+            [str(bin_dir / script), "--help"], capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr
+        for word in words:
+            assert word in result.stdout, f"{script} --help lacks {word}"
