@@ -141,6 +141,18 @@ class TrainConfig:
             raise ConfigError("data.root: required when data.source is cityscapes")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ConfigError(f"device: expected auto, cpu or cuda[:N], got {self.device!r}")
+        if self.data.workers < 0:
+            raise ConfigError(f"data.workers: must be >= 0, got {self.data.workers}")
+        optional: dict[str, float | None] = {
+            "optim.log_variance_lr": self.optim.log_variance_lr,
+            "optim.grad_clip_norm": self.optim.grad_clip_norm,
+        }
+        for name, rate in optional.items():
+            if rate is not None and rate <= 0:
+                raise ConfigError(f"{name}: must be positive or null, got {rate}")
+        weights = self.model.backbone_weights
+        if weights and not Path(weights).is_file():
+            raise ConfigError(f"model.backbone_weights: {weights} not found")
 
 
 def to_dict(config: TrainConfig) -> dict[str, Any]:
@@ -156,7 +168,12 @@ def from_dict(data: dict[str, Any]) -> TrainConfig:
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Read a YAML file (or start from defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    """Read a YAML file (or start from defaults when ``path`` is None) and apply ``key=value`` overrides.
+
+    A mapping in the file replaces the default mapping (``loss.weights: {semantic: 1}``
+    means semantic only); a dotted override changes one entry of whatever is there
+    (``loss.weights.depth=0.2`` keeps the other weights).
+    """
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -169,6 +186,8 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Train
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"--config: {path} must hold a mapping at the top level")
         data = loaded or {}
+    # Start overrides from the complete config, so a dotted key into a mapping edits one entry.
+    data = to_dict(_build(TrainConfig, data, ""))
     for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep or not key:
@@ -226,6 +245,12 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads 1e-3 (no dot) as a string; it is a number to anyone writing it.
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)

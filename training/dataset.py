@@ -18,7 +18,7 @@ from training.targets import build_targets
 
 
 class SceneSource(Protocol):
-    """Any dataset of `SceneSample`s: procedural, Cityscapes or rendered to disk."""
+    """Any dataset of `SceneSample`s (`ProceduralScenes`, `CityscapesScenes`, `DiskScenes`)."""
 
     def __len__(self) -> int: ...
 

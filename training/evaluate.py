@@ -39,7 +39,11 @@ def evaluate(
     device = device or torch.device("cpu")
     was_training = model.training
     model.eval()
-    loader = DataLoader(TaskDataset(scenes), batch_size=batch_size, num_workers=workers)
+    # Its own generator: evaluating mid-run must not draw from the global RNG that
+    # dropout uses, or a resumed run would no longer match an uninterrupted one.
+    loader = DataLoader(
+        TaskDataset(scenes), batch_size=batch_size, num_workers=workers, generator=torch.Generator()
+    )
     metrics = SceneMetrics()
     for batch in tqdm(loader, desc="evaluating", unit="batch", disable=not progress, file=sys.stderr):
         batch = {k: v.to(device) for k, v in batch.items()}

@@ -96,11 +96,29 @@ def build_weighting_from_config(config: LossConfig) -> LossWeighting:
 def build_optimizer(model: nn.Module, weighting: LossWeighting, config: TrainConfig) -> torch.optim.SGD:
     optim = config.optim
     groups: list[dict[str, Any]] = [{"params": list(model.parameters()), "weight_decay": optim.weight_decay}]
-    groups += weighting.parameter_groups(optim.log_variance_lr or optim.lr)
+    groups += weighting.parameter_groups(_log_variance_lr(config))
     optimizer = torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov)
-    for group in optimizer.param_groups:
-        group["base_lr"] = group["lr"]
+    apply_optim_settings(optimizer, config)
     return optimizer
+
+
+def _log_variance_lr(config: TrainConfig) -> float:
+    rate = config.optim.log_variance_lr
+    return config.optim.lr if rate is None else rate
+
+
+def apply_optim_settings(optimizer: torch.optim.Optimizer, config: TrainConfig) -> None:
+    """Set rates, decay and momentum from ``config``: the first group is the model's, the rest the s_i.
+
+    Also called after loading a checkpoint's optimizer state, which would otherwise
+    bring back the old run's settings along with its momentum buffers.
+    """
+    optim = config.optim
+    for index, group in enumerate(optimizer.param_groups):
+        group["base_lr"] = optim.lr if index == 0 else _log_variance_lr(config)
+        group["lr"] = group["base_lr"]
+        group["weight_decay"] = optim.weight_decay if index == 0 else 0.0
+        group["momentum"], group["nesterov"] = optim.momentum, optim.nesterov
 
 
 def poly_lr(optimizer: torch.optim.Optimizer, step: int, total_steps: int, power: float) -> float:
@@ -116,6 +134,8 @@ def setup_runtime(config: TrainConfig) -> Runtime:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = config.device.startswith("cuda") or (config.device == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise ConfigError(f"device: {config.device} requested but CUDA is not available here")
     if use_cuda:
         device = torch.device(
             "cuda", local_rank if world_size > 1 else torch.device(config.device).index or 0
@@ -133,7 +153,10 @@ def train(config: TrainConfig, runtime: Runtime) -> dict[str, Any]:
     run_dir = Path(config.run_dir)
     torch.manual_seed(config.seed)
     on_cuda = runtime.device.type == "cuda"
-    model = SceneModel(config.model).to(runtime.device)
+    try:
+        model = SceneModel(config.model).to(runtime.device)
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(str(error)) from None
     if on_cuda:
         model = model.to(memory_format=torch.channels_last)
     weighting = build_weighting_from_config(config.loss).to(runtime.device)
@@ -142,11 +165,22 @@ def train(config: TrainConfig, runtime: Runtime) -> dict[str, Any]:
     start_step = 0
     if config.resume:
         state = load_checkpoint(config.resume)
-        model.load_state_dict(state["model"])
-        weighting.load_state_dict(state["weighting"])
-        if state["optimizer"] is not None:
-            optimizer.load_state_dict(state["optimizer"])
+        try:
+            model.load_state_dict(state["model"])
+            weighting.load_state_dict(state["weighting"])
+            if state["optimizer"] is not None:
+                optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            saved: TrainConfig = state["config"]
+            raise CheckpointError(
+                f"resume: {config.resume} does not fit this config (it has backbone "
+                f"{saved.model.backbone}, strategy {saved.loss.strategy}, tasks {saved.loss.tasks}): "
+                f"{str(error).splitlines()[0]}"
+            ) from None
+        apply_optim_settings(optimizer, config)
         torch.set_rng_state(state["rng"]["torch"])
+        if on_cuda and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         start_step = int(state["step"])
         if start_step >= config.steps:
             raise ConfigError(
@@ -182,7 +216,7 @@ def train(config: TrainConfig, runtime: Runtime) -> dict[str, Any]:
     )
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda and config.amp else nullcontext()
 
-    log = _Log(run_dir, resume=start_step > 0) if runtime.is_main else None
+    log = _Log(run_dir, start_step) if runtime.is_main else None
     progress = tqdm(
         total=config.steps,
         initial=start_step,
@@ -202,8 +236,12 @@ def train(config: TrainConfig, runtime: Runtime) -> dict[str, Any]:
         check_finite({t: losses[t] for t in weighting.tasks}, step)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
-        if config.optim.grad_clip_norm:
-            nn.utils.clip_grad_norm_(objective.parameters(), config.optim.grad_clip_norm)
+        # The norm is needed anyway to refuse a non-finite update before it reaches the weights.
+        gradient_norm = nn.utils.clip_grad_norm_(
+            objective.parameters(), config.optim.grad_clip_norm or math.inf
+        )
+        if not torch.isfinite(gradient_norm):
+            raise NonFiniteLossError(f"non-finite gradient at step {step} (norm {gradient_norm.item()})")
         optimizer.step()
         window_images += config.batch_size * runtime.world_size
         done = step + 1
@@ -231,7 +269,11 @@ def train(config: TrainConfig, runtime: Runtime) -> dict[str, Any]:
                 _save(run_dir / f"step_{done:07d}.pt", config, done, model, weighting, optimizer)
         if runtime.is_main and config.eval_every and done % config.eval_every == 0 and done < config.steps:
             metrics = evaluate(
-                model, build_scenes(config.data, "val"), batch_size=config.batch_size, device=runtime.device
+                model,
+                build_scenes(config.data, "val"),
+                batch_size=config.batch_size,
+                device=runtime.device,
+                workers=config.data.workers,
             )
             _append_eval(run_dir, done, metrics)
     progress.close()
@@ -243,6 +285,7 @@ def train(config: TrainConfig, runtime: Runtime) -> dict[str, Any]:
             build_scenes(config.data, "val"),
             batch_size=config.batch_size,
             device=runtime.device,
+            workers=config.data.workers,
             progress=True,
         )
         final = {"step": config.steps, "sigma": weighting.sigma(), **metrics}
@@ -285,16 +328,20 @@ def _save(
 
 
 class _Log:
-    """``log.csv`` of the run; appends when resuming, so one file covers the whole run."""
+    """``log.csv`` of the run; a resumed run keeps the rows up to its start, so one file covers it all."""
 
-    def __init__(self, run_dir: Path, resume: bool) -> None:
+    def __init__(self, run_dir: Path, start_step: int) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / "log.csv"
-        fresh = not (resume and self.path.exists())
-        self.file = self.path.open("w" if fresh else "a", newline="")
+        kept: list[dict[str, str]] = []
+        if start_step > 0 and self.path.exists():
+            with self.path.open(newline="") as f:
+                # Rows past the checkpoint were logged by the interrupted run and will be logged again.
+                kept = [row for row in csv.DictReader(f) if int(row["step"]) <= start_step]
+        self.file = self.path.open("w", newline="")
         self.writer = csv.DictWriter(self.file, fieldnames=LOG_COLUMNS)
-        if fresh:
-            self.writer.writeheader()
+        self.writer.writeheader()
+        self.writer.writerows(kept)
 
     def write(self, row: dict[str, float]) -> None:
         self.writer.writerow(row)

@@ -155,6 +155,8 @@ def test_non_finite_loss_stops_with_task_and_step_and_keeps_last_checkpoint(
         ("optim.lr=fast", "optim.lr"),
         ("optim.momentun=0.9", "valid keys here"),
         ("data.source=cityscapes", "data.root"),
+        ("optim.grad_clip_norm=-1", "optim.grad_clip_norm"),
+        ("model.backbone_weights=/no/such/file.pt", "/no/such/file.pt"),
     ],
 )
 def test_bad_configs_stop_with_one_clear_message(
@@ -206,3 +208,38 @@ def test_ddp_with_two_cpu_processes(tmp_path: Path) -> None:
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]  # one log, written by rank 0 only
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 4
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_resuming_in_the_same_directory_logs_each_step_once(tmp_path: Path) -> None:
+    assert train(tmp_path, "keep_checkpoints=true", "eval_every=3") == 0
+    assert train(tmp_path, f"resume={tmp_path / 'step_0000003.pt'}", "eval_every=3") == 0
+    assert [int(r["step"]) for r in read_log(tmp_path)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resuming_with_a_different_model_says_what_does_not_fit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert train(tmp_path / "a", "steps=3") == 0
+    code = train(tmp_path / "b", f"resume={tmp_path / 'a' / 'last.pt'}", "model.aspp_channels=16", "steps=6")
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "does not fit this config" in err and "Traceback" not in err
+
+
+def test_resume_uses_the_optimizer_settings_given_now(tmp_path: Path) -> None:
+    assert train(tmp_path / "a", "keep_checkpoints=true") == 0
+    assert train(tmp_path / "b", f"resume={tmp_path / 'a' / 'step_0000003.pt'}", "optim.lr=0.002") == 0
+    first_resumed = read_log(tmp_path / "b")[0]
+    assert first_resumed["lr"] == pytest.approx(0.002 * (1 - 3 / 6) ** 0.9)
+
+
+def test_overrides_edit_one_entry_of_a_mapping_and_accept_exponents() -> None:
+    config = load_config(None, ["loss.strategy=fixed", "loss.weights.depth=0", "optim.lr=1e-3"])
+    assert config.loss.weights == {
+        "semantic": pytest.approx(1 / 3),
+        "instance": pytest.approx(1 / 3),
+        "depth": 0.0,
+    }
+    assert config.optim.lr == 0.001
+    replaced = load_config(None, ["loss.weights={semantic: 1}"])
+    assert replaced.loss.weights == {"semantic": 1.0}

@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         help="write scenes and their ground truth to a directory",
         description="Write COUNT scenes (RGB PNG, 8-bit semantic PNG, 16-bit instance PNG, "
         "float32 depth .npy in metres) and manifest.json to --out. "
-        "Scene i of a split and seed is identical on every machine.",
+        "Scene i of a split and seed is identical across machines.",
     )
     render.add_argument("--out", type=Path, required=True, help="output directory")
     common(render, 100)

@@ -11,10 +11,12 @@ whole-array numpy operation.
 
 Determinism: every per-pixel step uses only IEEE-754 basic arithmetic (+, -, *,
 /, sqrt, comparisons) and integer hashing, which give bit-identical results on
-every machine. Transcendental functions (exp, pow) and BLAS products, whose
-results may differ between CPUs and numpy builds, are avoided on purpose:
-haze uses a rational approximation of Beer-Lambert attenuation, gamma is a
-square root, and sensor noise comes from uniform draws.
+every machine. Vectorised transcendental functions (exp, pow) and BLAS products,
+whose results differ between CPUs and numpy builds, are avoided on purpose: haze
+uses a rational approximation of Beer-Lambert attenuation, gamma is a square
+root, and sensor noise comes from uniform draws. The few per-scene scalars that
+use the C library's sin, cos and pow (camera angles, sun direction, crowd level)
+agree wherever that library rounds correctly, as glibc does on x86-64 and ARM.
 """
 
 from __future__ import annotations
