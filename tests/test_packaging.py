@@ -23,7 +23,8 @@ def test_the_blocker_really_blocks_torch() -> None:
 
 def test_service_and_data_import_without_torch() -> None:
     result = run_without_torch(
-        "import service, model_export\n"
+        "import service, model_export, service.main, service.cli\n"
+        "service.main.create_app\n"
         "import training.data.classes, training.data.procedural, training.data.cityscapes\n"
         "import training.data.disk, training.data.visualize\n"
         "from training.data.procedural import ProceduralScenes\n"
@@ -40,6 +41,7 @@ def test_console_scripts_explain_themselves() -> None:
         "scene-train": ["--config", "key=value", "resume="],
         "scene-eval": ["--checkpoint", "--out", "--count", "--seed"],
         "scene-export": ["--checkpoint", "--out", "--fp16", "--int8", "--calibration-count"],
+        "scene-serve": ["--model", "--host", "--port", "--workers"],
     }
     bin_dir = Path(sys.executable).parent
     for script, words in expected.items():

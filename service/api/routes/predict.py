@@ -1,0 +1,115 @@
+"""POST /predict: one image in, semantic classes, instances and depth out (JSON or .npz)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from service import metrics
+from service.api.deps import PipelineDep, require_token
+from service.pipeline import PredictOptions
+from service.schemas import ErrorResponse, Output, PredictResponse, Resolution
+from service.upload import IMAGE_FIELD, IMAGE_MEDIA_TYPES, MULTIPART, read_image_bytes
+
+NPZ_MEDIA_TYPE = "application/x-npz"
+
+router = APIRouter(tags=["predict"], dependencies=[Depends(require_token)])
+
+_OUTPUTS_PATTERN = r"^(semantic|instances|depth)(,(semantic|instances|depth))*$"
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_REQUEST_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "The image as the raw body, or as the file field 'image' of a multipart form.",
+        "content": {
+            MULTIPART: {
+                "schema": {
+                    "type": "object",
+                    "required": [IMAGE_FIELD],
+                    "properties": {IMAGE_FIELD: {"type": "string", "format": "binary"}},
+                }
+            },
+            **{media_type: _BINARY for media_type in IMAGE_MEDIA_TYPES},
+        },
+    }
+}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorResponse, "description": description}
+
+
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": f"JSON by default; the raw arrays as .npz with 'Accept: {NPZ_MEDIA_TYPE}'.",
+        "content": {NPZ_MEDIA_TYPE: _BINARY},
+    },
+    400: _error("Empty body, corrupt or truncated image, or malformed multipart data."),
+    401: _error("Missing or wrong bearer token (only when the server sets an API token)."),
+    413: _error("Body over the byte limit, or image over the pixel limit."),
+    415: _error("Not PNG, JPEG or WebP (raw) and not multipart/form-data."),
+    422: _error("Bad query parameter, or a multipart body without an 'image' file."),
+    503: _error("Model not ready yet, or the queue is full (see Retry-After)."),
+    504: _error("The request waited longer than the server's request timeout."),
+}
+
+
+def wants_npz(accept: str | None) -> bool:
+    """True when the Accept header names ``application/x-npz``."""
+    return any(part.split(";", 1)[0].strip().lower() == NPZ_MEDIA_TYPE for part in (accept or "").split(","))
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    responses=_RESPONSES,
+    openapi_extra=_REQUEST_BODY,
+    summary="Segment an image and estimate its depth",
+)
+async def predict(
+    request: Request,
+    pipeline: PipelineDep,
+    outputs: Annotated[
+        str,
+        Query(
+            pattern=_OUTPUTS_PATTERN,
+            description="Comma-separated subset of semantic, instances, depth.",
+        ),
+    ] = "semantic,instances,depth",
+    resolution: Annotated[
+        Resolution, Query(description="'original': maps at the image's size; 'model': at the model's.")
+    ] = Resolution.original,
+    overlay: Annotated[bool, Query(description="Also return a coloured overlay PNG.")] = False,
+    overlay_alpha: Annotated[float, Query(ge=0.0, le=1.0, description="Overlay opacity.")] = 0.5,
+) -> Any:
+    """Run the model on one image.
+
+    Send the image as the raw body (``Content-Type: image/png``, ``image/jpeg`` or
+    ``image/webp``) or as the file field ``image`` of a ``multipart/form-data`` body.
+    EXIF orientation is applied first; any colour mode is converted to RGB.
+    """
+    started = time.perf_counter()
+    with metrics.IN_FLIGHT.track_inprogress():
+        data = await read_image_bytes(request, pipeline.settings.max_body_bytes)
+        options = PredictOptions(
+            outputs=frozenset(Output(name) for name in outputs.split(",")),
+            resolution=resolution,
+            overlay=overlay,
+            overlay_alpha=overlay_alpha,
+        )
+        prediction = await pipeline.predict(data, options)
+        if wants_npz(request.headers.get("accept")):
+            body = await run_in_threadpool(pipeline.encode_npz, prediction)
+            total_ms = (time.perf_counter() - started) * 1000
+            server_timing = ", ".join(
+                f"{name};dur={seconds * 1000:.3f}" for name, seconds in prediction.clock.seconds.items()
+            )
+            return Response(
+                body,
+                media_type=NPZ_MEDIA_TYPE,
+                headers={"Server-Timing": f"{server_timing}, total;dur={total_ms:.3f}"},
+            )
+        return await run_in_threadpool(pipeline.encode_json, prediction, options, started)

@@ -1,0 +1,203 @@
+"""Dynamic micro-batching: requests that arrive close together share one ONNX Runtime run.
+
+Every request puts its preprocessed image (``uint8 [H, W, 3]`` at the model's input size,
+so images stack) on a bounded asyncio queue and awaits a future. One batcher task takes
+the first waiting image, keeps collecting for ``window_s`` or until ``max_batch_size``,
+and runs the stacked batch in a single worker thread, so the event loop never blocks on
+inference and ORT is never entered by two batches at once (it parallelises inside a run).
+
+Back-pressure and cancellation:
+
+- a full queue raises `QueueFullError` at once (503 with ``Retry-After``) instead of letting
+  latency grow without bound;
+- a request that times out or whose client goes away cancels its future; the batcher
+  drops cancelled entries when it dequeues them and never sets a result on them, so
+  nothing waits forever and no result is kept for nobody;
+- `stop` fails every queued request with `ShuttingDownError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from service import metrics
+from service.errors import (
+    InferenceFailedError,
+    InferenceTimeoutError,
+    QueueFullError,
+    ServiceError,
+    ShuttingDownError,
+)
+from service.runtime import Outputs
+
+logger = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 1
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    """One image's share of a batch run.
+
+    Attributes:
+        outputs: the contract's outputs without the batch axis: ``semantic`` uint8 [H, W],
+            ``semantic_confidence`` float32 [H, W], ``instance_offsets`` float32 [2, H, W],
+            ``inverse_depth`` float32 [1, H, W].
+        queue_wait_s: seconds from enqueueing to the start of its batch's run.
+        inference_s: seconds the batch's ORT run took.
+        batch_size: images in that run.
+    """
+
+    outputs: Outputs
+    queue_wait_s: float
+    inference_s: float
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class _Pending:
+    image: npt.NDArray[np.uint8]
+    future: asyncio.Future[InferenceResult]
+    enqueued_at: float
+
+
+class MicroBatcher:
+    """Collects single images into batches for ``run_batch`` (``uint8 [N, H, W, 3]`` → outputs)."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[npt.NDArray[np.uint8]], Outputs],
+        *,
+        window_s: float,
+        max_batch_size: int,
+        queue_size: int,
+    ) -> None:
+        self._run_batch = run_batch
+        self._window_s = window_s
+        self._max_batch_size = max_batch_size
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=queue_size)
+        self._arrived = asyncio.Event()
+        self._executor: ThreadPoolExecutor | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a batch (cancelled ones included until dequeued)."""
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        """Start the batcher task on the running event loop."""
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scene-inference")
+        self._task = asyncio.get_running_loop().create_task(self._serve(), name="scene-micro-batcher")
+
+    async def stop(self) -> None:
+        """Stop batching and fail whatever is still queued with `ShuttingDownError`."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while not self._queue.empty():
+            pending = self._queue.get_nowait()
+            if not pending.future.done():
+                pending.future.set_exception(ShuttingDownError("the server is shutting down"))
+        if self._executor is not None:
+            # A run already inside ORT finishes in its thread; nobody waits for it.
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def infer(self, image: npt.NDArray[np.uint8], timeout_s: float) -> InferenceResult:
+        """Queue ``image`` (``uint8 [H, W, 3]``) and wait for its outputs.
+
+        Raises `QueueFullError` when the queue is full, `InferenceTimeoutError` after ``timeout_s``
+        (queue wait plus inference), `ShuttingDownError` when the batcher stops first.
+        """
+        if self._closed:
+            raise ShuttingDownError("the server is shutting down")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[InferenceResult] = loop.create_future()
+        try:
+            self._queue.put_nowait(_Pending(image, future, loop.time()))
+        except asyncio.QueueFull:
+            raise QueueFullError(
+                f"{self._queue.maxsize} images are already waiting; retry shortly",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            ) from None
+        self._arrived.set()
+        try:
+            # On timeout (or when this request is cancelled) wait_for cancels the future,
+            # which is how the batcher knows to skip it.
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            raise InferenceTimeoutError(f"no result within {timeout_s:g} s; server overloaded") from None
+
+    async def _serve(self) -> None:
+        while True:
+            batch = await self._collect()
+            await self._run(batch)
+
+    async def _collect(self) -> list[_Pending]:
+        """Wait for a live request, then gather more for up to the window."""
+        loop = asyncio.get_running_loop()
+        batch: list[_Pending] = []
+        while not batch:
+            pending = await self._queue.get()
+            if not pending.future.done():
+                batch.append(pending)
+        deadline = loop.time() + self._window_s
+        while len(batch) < self._max_batch_size:
+            if self._queue.empty():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                # An event rather than wait_for(queue.get()): on Python 3.11 the latter
+                # can drop an item that arrives just as the timeout fires.
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+                except TimeoutError:
+                    break
+                continue
+            pending = self._queue.get_nowait()
+            if not pending.future.done():
+                batch.append(pending)
+        return batch
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            images = np.stack([pending.image for pending in batch])
+            outputs = await loop.run_in_executor(self._executor, self._run_batch, images)
+        except asyncio.CancelledError:
+            _fail(batch, ShuttingDownError("the server is shutting down"))
+            raise
+        except Exception:
+            logger.exception("inference failed for a batch of %d", len(batch))
+            _fail(batch, InferenceFailedError("the model failed on this batch; see the server log"))
+            return
+        inference_s = loop.time() - started
+        metrics.BATCH_SIZE.observe(len(batch))
+        for index, pending in enumerate(batch):
+            if not pending.future.done():
+                result = InferenceResult(
+                    outputs={name: values[index] for name, values in outputs.items()},
+                    queue_wait_s=started - pending.enqueued_at,
+                    inference_s=inference_s,
+                    batch_size=len(batch),
+                )
+                pending.future.set_result(result)
+
+
+def _fail(batch: list[_Pending], error: ServiceError) -> None:
+    for pending in batch:
+        if not pending.future.done():
+            pending.future.set_exception(error)

@@ -1,0 +1,105 @@
+"""``scene-serve``: run the service with uvicorn.
+
+    scene-serve --model models/default/model.onnx [--host 127.0.0.1] [--port 8000]
+                [--workers 1] [--log-level info]
+
+Options left out fall back to the ``SCENE_*`` environment variables (see
+`service.settings`). The chosen values are written back to the environment because
+uvicorn's workers build their settings from it.
+
+With ``--workers`` above 1, each worker is a process with its own metrics; unless
+``PROMETHEUS_MULTIPROC_DIR`` is already set, a fresh temporary directory is made for
+prometheus_client's multiprocess mode (and removed on exit), so /metrics reports the
+sum over all workers whichever worker answers the scrape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from service.metrics import MULTIPROC_ENV
+from service.settings import Settings, get_settings
+
+
+def build_parser(defaults: Settings) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scene-serve", description="Serve a scene-mtl ONNX model over HTTP."
+    )
+    parser.add_argument(
+        "--model", type=Path, default=defaults.model_path, help="ONNX model file (default: %(default)s)"
+    )
+    parser.add_argument("--host", default=defaults.host, help="interface to bind (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=defaults.port, help="TCP port (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default: 1)")
+    parser.add_argument(
+        "--log-level",
+        default=defaults.log_level,
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="(default: %(default)s)",
+    )
+    return parser
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging set-up plus the service's own loggers at ``level``."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["service"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        defaults = Settings()
+    except ValidationError as error:
+        print(f"scene-serve: invalid SCENE_* environment: {error}", file=sys.stderr)
+        return 2
+    args = build_parser(defaults).parse_args(argv)
+    model = Path(args.model).resolve()
+    if not model.is_file():
+        print(f"scene-serve: no model file at {model}", file=sys.stderr)
+        return 2
+    if args.workers < 1:
+        print("scene-serve: --workers must be at least 1", file=sys.stderr)
+        return 2
+    os.environ["SCENE_MODEL_PATH"] = str(model)
+    os.environ["SCENE_HOST"] = args.host
+    os.environ["SCENE_PORT"] = str(args.port)
+    os.environ["SCENE_LOG_LEVEL"] = args.log_level
+    get_settings.cache_clear()
+
+    own_metrics_dir = None
+    if args.workers > 1 and not os.environ.get(MULTIPROC_ENV):
+        own_metrics_dir = tempfile.mkdtemp(prefix="scene-prometheus-")
+        os.environ[MULTIPROC_ENV] = own_metrics_dir
+
+    import uvicorn
+
+    try:
+        uvicorn.run(
+            "service.main:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=args.log_level,
+            log_config=log_config(args.log_level),
+        )
+    finally:
+        if own_metrics_dir is not None:
+            shutil.rmtree(own_metrics_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Errors the service answers with, all as ``{"error": {"code": ..., "message": ...}}``.
+
+=============================  ======  ================================================
+code                           status  when
+=============================  ======  ================================================
+``unauthorized``               401     ``api_token`` is set and the bearer token is
+                                       missing or wrong (health, readiness, metrics and
+                                       docs never ask for one)
+``not_found``                  404     unknown path or model name
+``method_not_allowed``         405     e.g. GET /predict
+``empty_body``                 400     no bytes, or an empty ``image`` field
+``corrupt_image``              400     not a decodable PNG/JPEG/WebP, or truncated
+``malformed_body``             400     multipart data that cannot be parsed
+``body_too_large``             413     body over ``max_body_bytes`` (by Content-Length,
+                                       or counted while streaming)
+``too_many_pixels``            413     image over ``max_pixels`` (decompression bomb guard)
+``unsupported_media_type``     415     not multipart/form-data, image/png, image/jpeg
+                                       or image/webp
+``validation_error``           422     bad query parameter, or no ``image`` field
+``not_ready``                  503     the model is still loading or warming up
+``unhealthy``                  503     liveness: warm-up failed, a restart may help
+``queue_full``                 503     the batcher's queue is full; has ``Retry-After``
+``shutting_down``              503     the server stopped while the request waited
+``timeout``                    504     queue wait plus inference took longer than
+                                       ``request_timeout_s``
+``inference_failed``           500     ONNX Runtime raised on the request's batch
+``internal_error``             500     a bug; the message is generic, the log has it
+=============================  ======  ================================================
+
+Every error increments ``scene_errors_total{reason=<code>}``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service import metrics
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """An error with its HTTP status, machine-readable code and extra response headers."""
+
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+class UnauthorizedError(ServiceError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class NotFoundError(ServiceError):
+    status_code = 404
+    code = "not_found"
+
+
+class EmptyBodyError(ServiceError):
+    status_code = 400
+    code = "empty_body"
+
+
+class CorruptImageError(ServiceError):
+    status_code = 400
+    code = "corrupt_image"
+
+
+class MalformedBodyError(ServiceError):
+    status_code = 400
+    code = "malformed_body"
+
+
+class BodyTooLargeError(ServiceError):
+    status_code = 413
+    code = "body_too_large"
+
+
+class TooManyPixelsError(ServiceError):
+    status_code = 413
+    code = "too_many_pixels"
+
+
+class UnsupportedMediaTypeError(ServiceError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class InvalidRequestError(ServiceError):
+    status_code = 422
+    code = "validation_error"
+
+
+class NotReadyError(ServiceError):
+    status_code = 503
+    code = "not_ready"
+
+
+class UnhealthyError(ServiceError):
+    status_code = 503
+    code = "unhealthy"
+
+
+class QueueFullError(ServiceError):
+    status_code = 503
+    code = "queue_full"
+
+
+class ShuttingDownError(ServiceError):
+    status_code = 503
+    code = "shutting_down"
+
+
+class InferenceFailedError(ServiceError):
+    status_code = 500
+    code = "inference_failed"
+
+
+class InferenceTimeoutError(ServiceError):
+    status_code = 504
+    code = "timeout"
+
+
+def error_response(
+    status_code: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """The one error shape, counted in ``scene_errors_total``."""
+    metrics.ERRORS.labels(reason=code).inc()
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status_code, headers=dict(headers or {})
+    )
+
+
+_HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+
+
+async def _service_error(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, ServiceError)
+    return error_response(error.status_code, error.code, error.message, error.headers)
+
+
+async def _http_error(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, StarletteHTTPException)
+    code = _HTTP_CODES.get(error.status_code, "http_error")
+    return error_response(error.status_code, code, str(error.detail), error.headers)
+
+
+async def _validation_error(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}" for problem in error.errors()
+    )
+    return error_response(422, "validation_error", problems or "invalid request")
+
+
+async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
+    # The message stays generic so internals (paths, shapes) never reach clients.
+    logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
+    return error_response(500, "internal_error", "internal server error; see the server log")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Make every error, FastAPI's own included, answer in the one JSON shape."""
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected_error)

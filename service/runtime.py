@@ -1,0 +1,218 @@
+"""The ONNX Runtime session: provider choice, contract checks, warm-up and batched runs.
+
+`ModelRuntime.load` opens the model and checks it against `model_export.contract`
+(fails fast with a message naming what is wrong); `warm_up` runs dummy batches and only
+then sets `ready`; `run` is synchronous and is meant to be called from a worker thread
+(the micro-batcher's), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from model_export.contract import (
+    INPUT_NAME,
+    METADATA_KEY,
+    OUTPUT_NAMES,
+    ModelCard,
+    ModelCardError,
+    parse_model_card,
+)
+from service import metrics
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+GPU_PROVIDERS = frozenset({"TensorrtExecutionProvider", "CUDAExecutionProvider"})
+
+# KServe v2 datatype names for the ORT tensor types the contract uses.
+_V2_DATATYPES = {"tensor(uint8)": "UINT8", "tensor(float)": "FP32", "tensor(float16)": "FP16"}
+_EXPECTED_TYPES = {
+    INPUT_NAME: "tensor(uint8)",
+    "semantic": "tensor(uint8)",
+    "semantic_confidence": "tensor(float)",
+    "instance_offsets": "tensor(float)",
+    "inverse_depth": "tensor(float)",
+}
+
+Outputs = dict[str, npt.NDArray[Any]]
+
+
+class ModelLoadError(RuntimeError):
+    """The model file cannot be served; the message says why."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output: name, KServe v2 datatype, shape with -1 for dynamic axes."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+def choose_providers(preferred: list[str], available: list[str]) -> list[str]:
+    """``preferred`` without the providers this ORT build lacks, order kept.
+
+    ``available`` lists what the build was compiled with; a listed GPU provider can still
+    fail to start (no driver, no GPU), in which case ORT falls back to the next one, so
+    the provider really in use is read from the session afterwards.
+    """
+    chosen = [name for name in preferred if name in available]
+    if not chosen:
+        raise ModelLoadError(
+            f"none of the execution providers {preferred} is available; this onnxruntime offers {available}"
+        )
+    return chosen
+
+
+def _spec(node: Any) -> TensorSpec:
+    shape = tuple(dim if isinstance(dim, int) else -1 for dim in node.shape)
+    return TensorSpec(node.name, _V2_DATATYPES.get(node.type, node.type), shape)
+
+
+class ModelRuntime:
+    """An ORT session serving one contract-conforming model.
+
+    Attributes:
+        card: the parsed model card.
+        provider: the execution provider in use (``session.get_providers()[0]``).
+        ready: True once `warm_up` has run; the readiness probes report it.
+    """
+
+    def __init__(
+        self, session: ort.InferenceSession, card: ModelCard, *, io_binding: bool | None = None
+    ) -> None:
+        self._session = session
+        self.card = card
+        self.provider: str = session.get_providers()[0]
+        # On a GPU, IO binding lets ORT copy the batch to the device once and write the
+        # outputs straight into host buffers, instead of staging both through session.run.
+        self._io_binding = self.provider in GPU_PROVIDERS if io_binding is None else io_binding
+        self._ready = threading.Event()
+        self.inputs = [_spec(node) for node in session.get_inputs()]
+        self.outputs = [_spec(node) for node in session.get_outputs()]
+
+    @classmethod
+    def load(cls, settings: Settings) -> ModelRuntime:
+        """Open ``settings.model_path`` with the best available providers and check the contract."""
+        path = Path(settings.model_path)
+        if not path.is_file():
+            raise ModelLoadError(f"no model file at {path}")
+        providers = choose_providers(settings.providers, ort.get_available_providers())
+        if GPU_PROVIDERS.intersection(providers) and hasattr(ort, "preload_dlls"):
+            # Loads CUDA/cuDNN from the nvidia-* wheels when present; a failure here only
+            # means ORT falls back to CPU, which the provider check below reports.
+            try:
+                ort.preload_dlls()
+            except Exception as error:
+                logger.warning("onnxruntime.preload_dlls() failed: %s", error)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = settings.intra_op_threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as error:
+            raise ModelLoadError(f"onnxruntime cannot load {path}: {error}") from error
+        check_contract(session)
+        try:
+            card = parse_model_card(session.get_modelmeta().custom_metadata_map.get(METADATA_KEY))
+        except ModelCardError as error:
+            raise ModelLoadError(f"{path}: {error}") from error
+        runtime = cls(session, card)
+        if runtime.provider != providers[0]:
+            logger.warning("preferred %s is unavailable here; running on %s", providers[0], runtime.provider)
+        logger.info(
+            "loaded %s %s (%dx%d) on %s",
+            card.name,
+            card.version,
+            card.input_width,
+            card.input_height,
+            runtime.provider,
+        )
+        # One model per process: drop the labels of any model loaded before this one.
+        metrics.MODEL_INFO.clear()
+        metrics.MODEL_INFO.labels(name=card.name, version=card.version, provider=runtime.provider).set(1)
+        for task, uncertainty in card.task_uncertainty.items():
+            metrics.TASK_SIGMA.labels(task=task).set(uncertainty.sigma)
+        return runtime
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """``(height, width)`` every image is resized to: the training resolution in the card."""
+        return self.card.input_height, self.card.input_width
+
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
+        """Run zero images at the model's input size, then mark the runtime ready.
+
+        The first runs pay for kernel selection, memory arenas and (TensorRT) engine
+        builds; doing them here keeps that cost out of the first requests.
+        """
+        height, width = self.input_size
+        for batch_size in sorted(set(batch_sizes)):
+            self.run(np.zeros((batch_size, height, width, 3), dtype=np.uint8))
+        self._ready.set()
+        logger.info("warm-up done for batch sizes %s; ready", sorted(set(batch_sizes)))
+
+    def run(self, images: npt.NDArray[np.uint8]) -> Outputs:
+        """Run the model on ``uint8 [N, H, W, 3]`` RGB; returns the contract's four outputs.
+
+        ``semantic`` uint8 [N, H, W] train ids; ``semantic_confidence`` float32 [N, H, W];
+        ``instance_offsets`` float32 [N, 2, H, W] pixels (dy, dx); ``inverse_depth``
+        float32 [N, 1, H, W] in 1/m.
+        """
+        images = np.ascontiguousarray(images, dtype=np.uint8)
+        if self._io_binding:
+            binding = self._session.io_binding()
+            binding.bind_cpu_input(INPUT_NAME, images)
+            for name in OUTPUT_NAMES:
+                binding.bind_output(name, "cpu")
+            self._session.run_with_iobinding(binding)
+            values = binding.copy_outputs_to_cpu()
+        else:
+            values = self._session.run(list(OUTPUT_NAMES), {INPUT_NAME: images})
+        return dict(zip(OUTPUT_NAMES, values, strict=True))
+
+    def v2_metadata(self) -> dict[str, Any]:
+        """The model in the KServe v2 "model metadata" shape."""
+        return {
+            "name": self.card.name,
+            "versions": [self.card.version],
+            "platform": "onnxruntime",
+            "inputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in self.inputs],
+            "outputs": [
+                {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in self.outputs
+            ],
+        }
+
+
+def check_contract(session: ort.InferenceSession) -> None:
+    """Raise `ModelLoadError` unless the session has the contract's input and outputs."""
+    inputs = {node.name: node for node in session.get_inputs()}
+    outputs = {node.name: node for node in session.get_outputs()}
+    if list(inputs) != [INPUT_NAME]:
+        raise ModelLoadError(
+            f"the model must have exactly one input named {INPUT_NAME!r}, found {list(inputs)}"
+        )
+    missing = [name for name in OUTPUT_NAMES if name not in outputs]
+    if missing:
+        raise ModelLoadError(f"the model lacks the outputs {missing}; it has {list(outputs)}")
+    for name, node in (inputs | outputs).items():
+        expected = _EXPECTED_TYPES.get(name)
+        if expected is not None and node.type != expected:
+            raise ModelLoadError(f"{name!r} is {node.type}, the contract says {expected}")
+    shape = inputs[INPUT_NAME].shape
+    if len(shape) != 4 or (isinstance(shape[3], int) and shape[3] != 3):
+        raise ModelLoadError(f"{INPUT_NAME!r} must be [N, H, W, 3], found {inputs[INPUT_NAME].shape}")

@@ -1,0 +1,95 @@
+"""The service's one configuration class, read from ``SCENE_*`` environment variables.
+
+Settings are built in `get_settings` (cached) rather than at import, so importing the
+package has no side effects and tests build their own `Settings` and hand them to
+`service.main.create_app`.
+
+List-valued settings accept JSON or a comma-separated string::
+
+    SCENE_MODEL_PATH=models/default/model.onnx
+    SCENE_PROVIDERS=CUDAExecutionProvider,CPUExecutionProvider
+    SCENE_API_TOKEN=secret          # then /predict needs "Authorization: Bearer secret"
+    SCENE_CORS_ORIGINS=https://example.org
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+InstanceMethod = Literal["peaks", "optics"]
+
+
+class Settings(BaseSettings):
+    """Everything an operator can tune; every field is also ``SCENE_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="SCENE_", extra="ignore", frozen=True)
+
+    model_path: Path = Field(
+        default=Path("models/default/model.onnx"),
+        description="ONNX model exported by scene-export, with its model card in the metadata.",
+    )
+    providers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_PROVIDERS),
+        description="ONNX Runtime execution providers in order of preference; unavailable ones are skipped.",
+    )
+    intra_op_threads: int = Field(default=0, ge=0, description="ORT intra-op threads; 0 lets ORT decide.")
+    max_body_bytes: int = Field(default=20 * 2**20, gt=0, description="Largest accepted request body.")
+    max_pixels: int = Field(
+        default=40_000_000,
+        gt=0,
+        description="Largest accepted image (width × height); guards decompression bombs.",
+    )
+    batch_window_ms: float = Field(
+        default=3.0, ge=0, description="How long the batcher waits for more requests after the first."
+    )
+    max_batch_size: int = Field(default=8, ge=1, description="Most images in one ONNX Runtime run.")
+    queue_size: int = Field(default=64, ge=1, description="Images waiting for the batcher; beyond it → 503.")
+    request_timeout_s: float = Field(
+        default=30.0, gt=0, description="Queue wait plus inference, per request."
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    log_level: LogLevel = "info"
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="When set, /predict and the model endpoints need 'Authorization: Bearer <token>'.",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins allowed to call the API from a browser."
+    )
+    instance_method: InstanceMethod = Field(
+        default="peaks", description="How instance offsets are grouped into instances."
+    )
+
+    @field_validator("providers", "cors_origins", mode="before")
+    @classmethod
+    def _split_list(cls, value: object) -> object:
+        """Accept ``'["a", "b"]'`` or ``'a,b'`` from the environment."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @field_validator("providers")
+    @classmethod
+    def _at_least_one_provider(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("name at least one execution provider")
+        return value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings from the environment, built once on first use."""
+    return Settings()

@@ -1,0 +1,155 @@
+"""Readiness, back-pressure and timeouts as a client sees them."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from service import metrics
+from service.main import create_app
+from service.runtime import ModelRuntime, Outputs
+from service.settings import Settings
+
+pytestmark = pytest.mark.anyio
+
+Serve = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
+PNG = {"Content-Type": "image/png"}
+
+
+class ModelGate:
+    """Patches `ModelRuntime.run` so runs can be held inside the model until released."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.hold = threading.Event()
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.fail = False
+        original = ModelRuntime.run
+
+        def run(runtime: ModelRuntime, images: npt.NDArray[np.uint8]) -> Outputs:
+            if self.hold.is_set():
+                self.entered.set()
+                self.release.wait(timeout=10)
+            if self.fail:
+                raise RuntimeError("the accelerator fell over")
+            return original(runtime, images)
+
+        monkeypatch.setattr(ModelRuntime, "run", run)
+
+    async def wait_entered(self) -> None:
+        async with asyncio.timeout(5):
+            while not self.entered.is_set():
+                await asyncio.sleep(0.001)
+
+
+@pytest.fixture
+def gate(monkeypatch: pytest.MonkeyPatch) -> ModelGate:
+    return ModelGate(monkeypatch)
+
+
+async def test_not_ready_until_warm_up_is_done(
+    make_settings: Callable[..., Settings], serve: Serve, scene_png: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    warm = threading.Event()
+    original = ModelRuntime.warm_up
+
+    def slow_warm_up(runtime: ModelRuntime, batch_sizes: tuple[int, ...] = (1,)) -> None:
+        warm.wait(timeout=10)
+        original(runtime, batch_sizes)
+
+    monkeypatch.setattr(ModelRuntime, "warm_up", slow_warm_up)
+    try:
+        async with serve(create_app(make_settings()), ready=False) as client:
+            assert (await client.get("/healthz")).status_code == 200
+            assert (await client.get("/v2/health/live")).json() == {"live": True}
+            for path in ("/readyz", "/v2/health/ready", "/v2/models/tiny-test/ready"):
+                response = await client.get(path)
+                assert response.status_code == 503 and response.json()["error"]["code"] == "not_ready"
+            refused = await client.post("/predict", content=scene_png, headers=PNG)
+            assert refused.status_code == 503 and refused.json()["error"]["code"] == "not_ready"
+            assert (await client.get("/metadata")).status_code == 200  # the card is known already
+
+            warm.set()
+            async with asyncio.timeout(5):
+                while (await client.get("/readyz")).status_code != 200:
+                    await asyncio.sleep(0.01)
+            assert (await client.get("/v2/health/ready")).json() == {"ready": True}
+            assert (await client.post("/predict", content=scene_png, headers=PNG)).status_code == 200
+    finally:
+        warm.set()
+
+
+async def test_failed_warm_up_fails_liveness(
+    make_settings: Callable[..., Settings], serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_warm_up(runtime: ModelRuntime, batch_sizes: tuple[int, ...] = (1,)) -> None:
+        raise RuntimeError("out of device memory")
+
+    monkeypatch.setattr(ModelRuntime, "warm_up", broken_warm_up)
+    async with serve(create_app(make_settings()), ready=False) as client:
+        async with asyncio.timeout(5):
+            while (await client.get("/healthz")).status_code == 200:
+                await asyncio.sleep(0.01)
+        live = await client.get("/healthz")
+        assert live.status_code == 503 and "out of device memory" in live.json()["error"]["message"]
+        assert (await client.get("/readyz")).status_code == 503
+
+
+async def test_full_queue_is_503_with_retry_after(
+    make_settings: Callable[..., Settings], serve: Serve, scene_png: bytes, gate: ModelGate
+) -> None:
+    app = create_app(make_settings(queue_size=1, max_batch_size=1))
+    async with serve(app) as client:
+        gate.hold.set()
+        try:
+            running = asyncio.create_task(client.post("/predict", content=scene_png, headers=PNG))
+            await gate.wait_entered()
+            waiting = asyncio.create_task(client.post("/predict", content=scene_png, headers=PNG))
+            batcher = app.state.service.batcher
+            async with asyncio.timeout(5):
+                while batcher.queued < 1:
+                    await asyncio.sleep(0.001)
+            refused = await client.post("/predict", content=scene_png, headers=PNG)
+            assert refused.status_code == 503
+            assert refused.json()["error"]["code"] == "queue_full"
+            assert refused.headers["Retry-After"] == "1"
+        finally:
+            gate.release.set()
+        assert [r.status_code for r in await asyncio.gather(running, waiting)] == [200, 200]
+
+
+async def test_timeout_is_504_and_leaves_nothing_behind(
+    make_settings: Callable[..., Settings], serve: Serve, scene_png: bytes, gate: ModelGate
+) -> None:
+    app = create_app(make_settings(request_timeout_s=0.2))
+    in_flight = metrics.IN_FLIGHT._value.get()
+    async with serve(app) as client:
+        gate.hold.set()
+        try:
+            slow = await client.post("/predict", content=scene_png, headers=PNG)
+        finally:
+            gate.release.set()
+            gate.hold.clear()
+        assert slow.status_code == 504 and slow.json()["error"]["code"] == "timeout"
+        assert (await client.post("/predict", content=scene_png, headers=PNG)).status_code == 200
+        assert app.state.service.batcher.queued == 0
+    assert metrics.IN_FLIGHT._value.get() == in_flight
+
+
+async def test_inference_failure_is_500_and_the_next_request_works(
+    gate: ModelGate, client: httpx.AsyncClient, scene_png: bytes
+) -> None:
+    # ``gate`` comes first so the model is patched before the app builds its batcher.
+    gate.fail = True
+    failed = await client.post("/predict", content=scene_png, headers=PNG)
+    assert failed.status_code == 500 and failed.json()["error"]["code"] == "inference_failed"
+    assert "accelerator" not in failed.text, "internal details must stay in the log"
+    gate.fail = False
+    assert (await client.post("/predict", content=scene_png, headers=PNG)).status_code == 200

@@ -1,0 +1,162 @@
+"""The stages as plain functions: decoding any image, resizing maps, measuring instances."""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from PIL import Image
+
+from model_export.contract import parse_model_card
+from service.errors import CorruptImageError, TooManyPixelsError
+from service.pipeline import (
+    classes_present,
+    decode_image,
+    measure_instances,
+    preprocess,
+    resize_bilinear,
+    resize_nearest,
+)
+from service.postprocess import group_instances
+
+EXIF_ORIENTATION = 0x0112
+
+
+def encode(image: Image.Image, image_format: str = "PNG", **params: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format, **params)
+    return buffer.getvalue()
+
+
+def gradient(height: int = 20, width: int = 40) -> npt.NDArray[np.uint8]:
+    """``uint8 [H, W, 3]`` whose red channel grows left to right."""
+    rgb = np.zeros((height, width, 3), dtype=np.uint8)
+    rgb[..., 0] = np.linspace(0, 255, width, dtype=np.uint8)[None, :]
+    return rgb
+
+
+@pytest.mark.parametrize(
+    ("mode", "image_format"),
+    [("RGB", "PNG"), ("L", "PNG"), ("RGBA", "PNG"), ("P", "PNG"), ("LA", "PNG"), ("1", "PNG"),
+     ("RGB", "JPEG"), ("L", "JPEG"), ("CMYK", "JPEG"), ("RGB", "WEBP"), ("RGBA", "WEBP")],
+)  # fmt: skip
+def test_every_colour_mode_decodes_to_rgb(mode: str, image_format: str) -> None:
+    data = encode(Image.fromarray(gradient()).convert(mode), image_format)
+    rgb = decode_image(data, max_pixels=10_000)
+    assert rgb.shape == (20, 40, 3) and rgb.dtype == np.uint8
+
+
+def test_sixteen_bit_greys_are_scaled_not_clipped() -> None:
+    grey = np.array([[0, 257 * 100, 65535]], dtype=np.uint16)
+    rgb = decode_image(encode(Image.fromarray(grey)), max_pixels=100)
+    assert rgb[0, :, 0].tolist() == [0, 100, 255]
+
+
+def test_palette_image_with_transparency_keeps_its_colours() -> None:
+    image = Image.fromarray(gradient()).convert("P")
+    image.info["transparency"] = 0
+    rgb = decode_image(encode(image, transparency=0), max_pixels=10_000)
+    assert rgb[..., 0].max() > 200
+
+
+def test_exif_orientation_is_applied() -> None:
+    # A 40-wide, 20-high picture tagged "rotate 90° clockwise to view" is 20 wide, 40 high.
+    image = Image.fromarray(gradient(20, 40))
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    rgb = decode_image(encode(image, "JPEG", exif=exif.tobytes(), quality=95), max_pixels=10_000)
+    assert rgb.shape == (40, 20, 3)
+    # The red ramp that ran left → right now runs top → bottom.
+    assert rgb[0, :, 0].mean() < 40 and rgb[-1, :, 0].mean() > 215
+
+
+def test_truncated_image_is_corrupt() -> None:
+    data = encode(Image.fromarray(gradient()))
+    with pytest.raises(CorruptImageError):
+        decode_image(data[: len(data) // 2], max_pixels=10_000)
+
+
+@pytest.mark.parametrize("data", [b"not an image at all", encode(Image.fromarray(gradient()), "GIF")])
+def test_other_bytes_and_formats_are_refused(data: bytes) -> None:
+    with pytest.raises(CorruptImageError):
+        decode_image(data, max_pixels=10_000)
+
+
+def test_too_many_pixels_are_refused_before_decoding() -> None:
+    data = encode(Image.fromarray(gradient(20, 40)))  # 800 pixels
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with pytest.raises(TooManyPixelsError):
+            decode_image(data, max_pixels=799)
+    with pytest.raises(TooManyPixelsError):  # over twice the limit: Pillow's own error
+        decode_image(data, max_pixels=300)
+    assert decode_image(data, max_pixels=800).shape == (20, 40, 3)
+
+
+def test_preprocess_resizes_to_the_model_input() -> None:
+    resized = preprocess(gradient(20, 40), (8, 12))
+    assert resized.shape == (8, 12, 3) and resized.dtype == np.uint8
+
+
+def test_nearest_resize_keeps_labels_and_dtype() -> None:
+    labels = np.array([[1, 2], [3, 40000]], dtype=np.uint16)
+    up = resize_nearest(labels, (4, 6))
+    assert up.dtype == np.uint16 and set(np.unique(up)) == {1, 2, 3, 40000}
+    assert (up[:2, :3] == 1).all() and (up[2:, 3:] == 40000).all()
+    assert resize_nearest(np.zeros((2, 8, 8), np.float32), (4, 4)).shape == (2, 4, 4)
+
+
+def test_bilinear_resize_interpolates() -> None:
+    ramp = np.array([[0.0, 1.0]], dtype=np.float32)
+    up = resize_bilinear(ramp, (1, 4))
+    assert up.dtype == np.float32 and np.all(np.diff(up[0]) >= 0) and 0 < up[0, 1] < 1
+
+
+def test_instances_are_measured_on_the_map() -> None:
+    instance_map = np.zeros((10, 10), dtype=np.uint16)
+    instance_map[2:4, 3:7] = 13001  # 2 rows × 4 columns
+    instance_map[8, 9] = 11001
+    stats = {s.id: s for s in measure_instances(instance_map, {13001: 13, 11001: 11})}
+    assert stats[13001].class_id == 13 and stats[13001].pixel_count == 8
+    assert stats[13001].bbox == (3, 2, 7, 4)  # end-exclusive pixel edges
+    assert stats[13001].centroid == (5.0, 3.0)  # mean of pixel centres
+    assert stats[11001].bbox == (9, 8, 10, 9) and stats[11001].pixel_count == 1
+    assert measure_instances(np.zeros((3, 3), np.uint16), {}) == ()
+
+
+def test_classes_present_are_largest_first_with_names(card: dict[str, Any]) -> None:
+    semantic = np.zeros((4, 5), dtype=np.uint8)
+    semantic[0] = 10
+    semantic[1, :2] = 13
+    confidence = np.full((4, 5), 0.5, dtype=np.float32)
+    present = classes_present(semantic, confidence, parse_model_card(json.dumps(card)))
+    assert [(c.name, c.pixel_fraction) for c in present] == [("road", 0.65), ("sky", 0.25), ("car", 0.1)]
+    assert all(c.mean_confidence == pytest.approx(0.5) for c in present)
+
+
+def test_measuring_the_map_agrees_with_the_grouping() -> None:
+    # Two blocks whose offsets point at their own centres: a car and a person.
+    semantic = np.zeros((32, 48), dtype=np.uint8)
+    offsets = np.zeros((2, 32, 48), dtype=np.float32)
+    rows, cols = np.mgrid[0:32, 0:48]
+    for class_id, (y0, y1, x0, x1) in ((13, (4, 14, 6, 30)), (11, (18, 30, 34, 42))):
+        semantic[y0:y1, x0:x1] = class_id
+        block = (slice(y0, y1), slice(x0, x1))
+        offsets[0][block] = (y0 + y1 - 1) / 2 - rows[block]
+        offsets[1][block] = (x0 + x1 - 1) / 2 - cols[block]
+    grouped = group_instances(semantic, offsets, (11, 13))
+    measured = measure_instances(grouped.instance_map, {i.id: i.class_id for i in grouped.instances})
+    assert len(grouped.instances) == 2
+    for expected, got in zip(grouped.instances, measured, strict=True):
+        assert (got.id, got.class_id, got.pixel_count, got.bbox) == (
+            expected.id,
+            expected.class_id,
+            expected.pixel_count,
+            expected.bbox,
+        )
+        assert got.centroid == pytest.approx(expected.centroid)

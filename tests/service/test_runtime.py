@@ -1,0 +1,118 @@
+"""The ORT runtime: provider choice, contract checks, warm-up gating, IO binding."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+
+from model_export.contract import METADATA_KEY
+from service.runtime import ModelLoadError, ModelRuntime, choose_providers
+from service.settings import DEFAULT_PROVIDERS, Settings
+
+
+def test_choose_providers_keeps_preference_order_and_drops_unavailable() -> None:
+    available = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers(DEFAULT_PROVIDERS, available) == available
+    with pytest.raises(ModelLoadError, match="none of the execution providers"):
+        choose_providers(["TensorrtExecutionProvider"], ["CPUExecutionProvider"])
+
+
+def test_default_providers_report_the_provider_really_in_use(make_settings: Callable[..., Settings]) -> None:
+    # This ORT build lists the GPU providers; on a machine without a GPU they fail to
+    # start and ORT falls back, so the provider must be read from the session.
+    runtime = ModelRuntime.load(make_settings(providers=DEFAULT_PROVIDERS))
+    assert runtime.provider == runtime._session.get_providers()[0]
+    assert runtime.provider in DEFAULT_PROVIDERS
+
+
+def test_load_reads_the_card_and_is_ready_only_after_warm_up(
+    make_settings: Callable[..., Settings], card: dict[str, Any]
+) -> None:
+    runtime = ModelRuntime.load(make_settings())
+    assert runtime.provider == "CPUExecutionProvider"
+    assert runtime.card.name == card["name"]
+    assert runtime.input_size == (card["input"]["height"], card["input"]["width"])
+    assert not runtime.ready
+    runtime.warm_up((1, 4))
+    assert runtime.ready
+
+
+def test_run_returns_the_contract_outputs(make_settings: Callable[..., Settings]) -> None:
+    runtime = ModelRuntime.load(make_settings())
+    height, width = runtime.input_size
+    outputs = runtime.run(np.zeros((2, height, width, 3), dtype=np.uint8))
+    assert outputs["semantic"].shape == (2, height, width) and outputs["semantic"].dtype == np.uint8
+    assert outputs["semantic_confidence"].shape == (2, height, width)
+    assert outputs["semantic_confidence"].dtype == np.float32
+    assert outputs["instance_offsets"].shape == (2, 2, height, width)
+    assert outputs["inverse_depth"].shape == (2, 1, height, width)
+
+
+def test_io_binding_path_matches_plain_run(make_settings: Callable[..., Settings]) -> None:
+    # The GPU path binds inputs and outputs; ORT's CPU provider supports the same calls,
+    # so the code is checked here even without a GPU.
+    plain = ModelRuntime.load(make_settings())
+    bound = ModelRuntime(plain._session, plain.card, io_binding=True)
+    height, width = plain.input_size
+    images = np.random.default_rng(0).integers(0, 256, (3, height, width, 3), dtype=np.uint8)
+    expected, got = plain.run(images), bound.run(images)
+    for name, values in expected.items():
+        np.testing.assert_array_equal(got[name], values)
+
+
+def test_v2_metadata_lists_tensors_with_dynamic_axes(
+    make_settings: Callable[..., Settings], card: dict[str, Any]
+) -> None:
+    metadata = ModelRuntime.load(make_settings()).v2_metadata()
+    assert metadata["name"] == card["name"] and metadata["versions"] == [card["version"]]
+    assert metadata["platform"] == "onnxruntime"
+    assert metadata["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, -1, -1, 3]}]
+    outputs = {o["name"]: (o["datatype"], o["shape"]) for o in metadata["outputs"]}
+    assert outputs == {
+        "semantic": ("UINT8", [-1, -1, -1]),
+        "semantic_confidence": ("FP32", [-1, -1, -1]),
+        "instance_offsets": ("FP32", [-1, 2, -1, -1]),
+        "inverse_depth": ("FP32", [-1, 1, -1, -1]),
+    }
+
+
+def test_missing_model_file_is_reported(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="no model file"):
+        ModelRuntime.load(make_settings(model_path=tmp_path / "absent.onnx"))
+
+
+def test_model_without_card_is_refused(
+    make_settings: Callable[..., Settings], build_model: Callable[..., Path]
+) -> None:
+    path = build_model()
+    model = onnx.load(path)
+    del model.metadata_props[:]
+    onnx.save(model, path)
+    with pytest.raises(ModelLoadError, match=METADATA_KEY):
+        ModelRuntime.load(make_settings(model_path=path))
+
+
+def test_card_with_a_missing_field_is_refused(
+    make_settings: Callable[..., Settings], build_model: Callable[..., Path], card: dict[str, Any]
+) -> None:
+    del card["task_uncertainty"]
+    with pytest.raises(ModelLoadError, match="task_uncertainty"):
+        ModelRuntime.load(make_settings(model_path=build_model(card)))
+
+
+def test_model_missing_an_output_is_refused(
+    make_settings: Callable[..., Settings], build_model: Callable[..., Path]
+) -> None:
+    path = build_model()
+    model = onnx.load(path)
+    kept = [o for o in model.graph.output if o.name != "inverse_depth"]
+    del model.graph.output[:]
+    model.graph.output.extend(kept)
+    onnx.save(model, path)
+    with pytest.raises(ModelLoadError, match="inverse_depth"):
+        ModelRuntime.load(make_settings(model_path=path))
