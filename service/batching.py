@@ -2,9 +2,17 @@
 
 Every request puts its preprocessed image (``uint8 [H, W, 3]`` at the model's input size,
 so images stack) on a bounded asyncio queue and awaits a future. One batcher task takes
-the first waiting image, keeps collecting for ``window_s`` or until ``max_batch_size``,
-and runs the stacked batch in a single worker thread, so the event loop never blocks on
-inference and ORT is never entered by two batches at once (it parallelises inside a run).
+the first waiting image, keeps collecting for up to ``window_s`` or until
+``max_batch_size``, and runs the stacked batch in a single worker thread, so the event
+loop never blocks on inference and ORT is never entered by two batches at once (it
+parallelises inside a run).
+
+The window is held open only while another request is known to be on its way: the
+pipeline marks each request with `MicroBatcher.incoming` while it decodes and
+preprocesses. A lone request therefore runs at once instead of paying the window
+(at low load batching can only add latency), while a burst of concurrent requests
+still meets in one batch; requests that arrive while a batch runs queue up and form
+the next one.
 
 Back-pressure and cancellation:
 
@@ -21,7 +29,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -85,6 +94,7 @@ class MicroBatcher:
         self._max_batch_size = max_batch_size
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=queue_size)
         self._arrived = asyncio.Event()
+        self._incoming = 0
         self._executor: ThreadPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -93,6 +103,17 @@ class MicroBatcher:
     def queued(self) -> int:
         """Requests waiting for a batch (cancelled ones included until dequeued)."""
         return self._queue.qsize()
+
+    @contextlib.contextmanager
+    def incoming(self) -> Iterator[None]:
+        """Mark a request that will call `infer` soon (while it decodes, say), so an open
+        batch waits for it, up to the window. Use it on the event loop only."""
+        self._incoming += 1
+        try:
+            yield
+        finally:
+            self._incoming -= 1
+            self._arrived.set()  # the collector re-checks: the image is queued, or will never come
 
     def start(self) -> None:
         """Start the batcher task on the running event loop."""
@@ -125,7 +146,7 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[InferenceResult] = loop.create_future()
         try:
-            self._queue.put_nowait(_Pending(image, future, loop.time()))
+            self._queue.put_nowait(_Pending(image, future, time.perf_counter()))
         except asyncio.QueueFull:
             raise QueueFullError(
                 f"{self._queue.maxsize} images are already waiting; retry shortly",
@@ -145,7 +166,7 @@ class MicroBatcher:
             await self._run(batch)
 
     async def _collect(self) -> list[_Pending]:
-        """Wait for a live request, then gather more for up to the window."""
+        """Wait for a live request, then gather more for up to the window while more are coming."""
         loop = asyncio.get_running_loop()
         batch: list[_Pending] = []
         while not batch:
@@ -156,8 +177,8 @@ class MicroBatcher:
         while len(batch) < self._max_batch_size:
             if self._queue.empty():
                 remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
+                if remaining <= 0 or self._incoming == 0:
+                    break  # window over, or nobody else on the way: waiting would only add latency
                 # An event rather than wait_for(queue.get()): on Python 3.11 the latter
                 # can drop an item that arrives just as the timeout fires.
                 self._arrived.clear()
@@ -173,7 +194,8 @@ class MicroBatcher:
 
     async def _run(self, batch: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()
-        started = loop.time()
+        # perf_counter, not loop.time(): uvloop's clock ticks in whole milliseconds.
+        started = time.perf_counter()
         try:
             images = np.stack([pending.image for pending in batch])
             outputs = await loop.run_in_executor(self._executor, self._run_batch, images)
@@ -184,7 +206,7 @@ class MicroBatcher:
             logger.exception("inference failed for a batch of %d", len(batch))
             _fail(batch, InferenceFailedError("the model failed on this batch; see the server log"))
             return
-        inference_s = loop.time() - started
+        inference_s = time.perf_counter() - started
         metrics.BATCH_SIZE.observe(len(batch))
         for index, pending in enumerate(batch):
             if not pending.future.done():

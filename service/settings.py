@@ -49,7 +49,9 @@ class Settings(BaseSettings):
         description="Largest accepted image (width × height); guards decompression bombs.",
     )
     batch_window_ms: float = Field(
-        default=3.0, ge=0, description="How long the batcher waits for more requests after the first."
+        default=3.0,
+        ge=0,
+        description="Longest the batcher holds a batch open for requests already being decoded.",
     )
     max_batch_size: int = Field(default=8, ge=1, description="Most images in one ONNX Runtime run.")
     queue_size: int = Field(default=64, ge=1, description="Images waiting for the batcher; beyond it → 503.")

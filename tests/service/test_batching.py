@@ -75,6 +75,45 @@ async def test_requests_within_the_window_share_one_run_and_get_their_own_result
     assert all(r.batch_size == 6 and r.queue_wait_s >= 0 and r.inference_s >= 0 for r in results)
 
 
+async def test_a_lone_request_does_not_wait_out_the_window() -> None:
+    model = FakeModel()
+    micro = batcher(model, window_s=5.0)
+    micro.start()
+    try:
+        result = await micro.infer(image(1), timeout_s=10)
+    finally:
+        await micro.stop()
+    assert result.batch_size == 1 and result.queue_wait_s < 1.0
+
+
+async def test_the_window_waits_for_a_request_still_on_its_way() -> None:
+    model = FakeModel()
+    micro = batcher(model, window_s=5.0)
+    micro.start()
+
+    async def slow_request() -> int:
+        with micro.incoming():
+            await asyncio.sleep(0.2)  # decoding a large image, say
+        return int((await micro.infer(image(2), timeout_s=10)).batch_size)
+
+    async def abandoned_request() -> None:
+        with micro.incoming():
+            await asyncio.sleep(0.3)  # its image turns out corrupt: it never reaches infer
+
+    try:
+        slow = asyncio.create_task(slow_request())
+        abandoned = asyncio.create_task(abandoned_request())
+        await asyncio.sleep(0.01)
+        first = await micro.infer(image(1), timeout_s=10)
+        await abandoned
+        assert await slow == 2
+    finally:
+        await micro.stop()
+    # The open batch waited for the slow request, then ran once the abandoned one gave up.
+    assert model.batch_sizes == [2] and first.batch_size == 2
+    assert 0.15 < first.queue_wait_s < 2.0
+
+
 async def test_batches_never_exceed_max_batch_size() -> None:
     model = FakeModel()
     micro = batcher(model, max_batch_size=4)

@@ -6,7 +6,6 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from service import metrics
 from service.api.deps import PipelineDep, require_token
@@ -100,16 +99,19 @@ async def predict(
             overlay=overlay,
             overlay_alpha=overlay_alpha,
         )
-        prediction = await pipeline.predict(data, options)
         if wants_npz(request.headers.get("accept")):
-            body = await run_in_threadpool(pipeline.encode_npz, prediction)
+            body, clock = await pipeline.predict(
+                data, options, lambda prediction: (pipeline.encode_npz(prediction), prediction.clock)
+            )
             total_ms = (time.perf_counter() - started) * 1000
             server_timing = ", ".join(
-                f"{name};dur={seconds * 1000:.3f}" for name, seconds in prediction.clock.seconds.items()
+                f"{name};dur={seconds * 1000:.3f}" for name, seconds in clock.seconds.items()
             )
             return Response(
                 body,
                 media_type=NPZ_MEDIA_TYPE,
                 headers={"Server-Timing": f"{server_timing}, total;dur={total_ms:.3f}"},
             )
-        return await run_in_threadpool(pipeline.encode_json, prediction, options, started)
+        return await pipeline.predict(
+            data, options, lambda prediction: pipeline.encode_json(prediction, options, started)
+        )
