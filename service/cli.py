@@ -39,7 +39,12 @@ def build_parser(defaults: Settings) -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default=defaults.host, help="interface to bind (default: %(default)s)")
     parser.add_argument("--port", type=int, default=defaults.port, help="TCP port (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default: 1)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=defaults.workers,
+        help="uvicorn worker processes (default: %(default)s)",
+    )
     parser.add_argument(
         "--log-level",
         default=defaults.log_level,

@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         default=30.0, gt=0, description="Queue wait plus inference, per request."
     )
+    workers: int = Field(default=1, ge=1, description="uvicorn worker processes (scene-serve only).")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: LogLevel = "info"
