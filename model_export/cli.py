@@ -17,6 +17,7 @@ from model_export.export import (
     export_fp32,
     finalize,
     quantize_int8,
+    store_weights_fp16,
     verification_images,
     verify,
 )
@@ -35,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint written by scene-train")
     parser.add_argument("--out", type=Path, required=True, help="fp32 model path, e.g. model.onnx")
+    parser.add_argument(
+        "--fp16-weights",
+        action="store_true",
+        help="store OUT's weights as float16: half the file, still computed in float32, as fast",
+    )
     parser.add_argument("--fp16", action="store_true", help="also write OUT.fp16.onnx (for GPUs)")
     parser.add_argument("--int8", action="store_true", help="also write OUT.int8.onnx (static QDQ, for CPUs)")
     parser.add_argument(
@@ -67,7 +73,8 @@ def _export(args: argparse.Namespace, model: SceneModel, state: dict[str, Any]) 
     height, width = config.data.height, config.data.width
     args.out.parent.mkdir(parents=True, exist_ok=True)
     images = verification_images(height, width, scenes=args.verify_scenes)
-    variants: list[tuple[str, Path]] = [("fp32", args.out)]
+    main_precision = "fp32-fp16weights" if args.fp16_weights else "fp32"
+    variants: list[tuple[str, Path]] = [(main_precision, args.out)]
     if args.fp16:
         variants.append(("fp16", args.out.with_suffix(".fp16.onnx")))
     if args.int8:
@@ -77,16 +84,20 @@ def _export(args: argparse.Namespace, model: SceneModel, state: dict[str, Any]) 
     try:
         start = time.perf_counter()
         print(f"exporting {config.model.backbone} at {height}x{width} from step {state['step']} ...")
-        export_fp32(model, staged["fp32"], height, width)
+        traced = staged[main_precision]
+        export_fp32(model, traced, height, width)
         print(f"  traced in {time.perf_counter() - start:.1f} s")
         if args.fp16:
-            convert_fp16(staged["fp32"], staged["fp16"])
+            convert_fp16(traced, staged["fp16"])
         if args.int8:
             scenes = ProceduralScenes(
                 split="train", seed=97, count=args.calibration_count, height=height, width=width
             )
             print(f"  calibrating int8 on {args.calibration_count} generated scenes ...")
-            quantize_int8(staged["fp32"], staged["int8"], [scenes[i].image for i in range(len(scenes))])
+            quantize_int8(traced, staged["int8"], [scenes[i].image for i in range(len(scenes))])
+        if args.fp16_weights:
+            # Last: the fp16 and int8 variants start from the full float32 weights.
+            store_weights_fp16(traced, traced)
         failed = False
         for precision, path in variants:
             card = build_model_card(state, model, precision=precision, name=args.name, version=args.version)
@@ -101,7 +112,7 @@ def _export(args: argparse.Namespace, model: SceneModel, state: dict[str, Any]) 
                 )
                 continue
             os.replace(staged[precision], path)
-            if precision == "fp32":
+            if precision == main_precision:
                 card_path = path.with_suffix(".card.json")
                 card_path.write_text(json.dumps(card, indent=2, sort_keys=True))
             size = path.stat().st_size / 2**20

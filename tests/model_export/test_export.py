@@ -106,6 +106,26 @@ def test_reduced_precision_variants_load_run_and_say_what_they_are(exported: Pat
     assert path.stat().st_size < exported.stat().st_size
 
 
+def test_fp16_weights_halve_the_file_and_keep_float32_compute(
+    exported: Path, checkpoint: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "compact.onnx"
+    assert cli.main(["--checkpoint", str(checkpoint), "--out", str(out), "--fp16-weights"]) == 0
+    model = onnx.load(str(out))
+    assert {t.data_type for t in model.graph.initializer} >= {onnx.TensorProto.FLOAT16}
+    assert out.stat().st_size < 0.6 * exported.stat().st_size
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    card = parse_model_card(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
+    assert card.precision == "fp32-fp16weights"
+    images = np.random.default_rng(1).integers(0, 256, (2, 64, 128, 3), dtype=np.uint8)
+    full = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    compact_outputs = session.run(list(OUTPUT_NAMES), {INPUT_NAME: images})
+    full_outputs = full.run(list(OUTPUT_NAMES), {INPUT_NAME: images})
+    assert compact_outputs[2].dtype == np.float32
+    assert (compact_outputs[0] == full_outputs[0]).mean() > 0.99
+    np.testing.assert_allclose(compact_outputs[3], full_outputs[3], atol=1e-2)
+
+
 def test_verification_catches_a_mismatched_model(exported: Path, checkpoint: Path) -> None:
     model, _ = model_from_checkpoint(checkpoint)
     images = verification_images(64, 128, scenes=2)
