@@ -109,6 +109,9 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     resume: str | None = None
+    # End this invocation after this step (checkpoint saved, no final evaluation) while
+    # keeping the learning-rate schedule of `steps`; `resume` later goes on from there.
+    stop_at: int | None = None
 
     def validate(self) -> None:
         positive = {
@@ -129,6 +132,8 @@ class TrainConfig:
         for key, value in {"eval_every": self.eval_every, "checkpoint_every": self.checkpoint_every}.items():
             if value < 0:
                 raise ConfigError(f"{key}: must be >= 0 (0 = never), got {value}")
+        if self.stop_at is not None and not 0 < self.stop_at <= self.steps:
+            raise ConfigError(f"stop_at: must be between 1 and steps={self.steps}, got {self.stop_at}")
         if self.model.backbone not in BACKBONES:
             raise ConfigError(
                 f"model.backbone: unknown backbone {self.model.backbone!r}; valid: {', '.join(BACKBONES)}"

@@ -163,6 +163,7 @@ def train(config: TrainConfig, runtime: Runtime) -> dict[str, Any]:
     optimizer = build_optimizer(model, weighting, config)
 
     start_step = 0
+    end_step = config.stop_at or config.steps
     if config.resume:
         state = load_checkpoint(config.resume)
         try:
@@ -182,9 +183,10 @@ def train(config: TrainConfig, runtime: Runtime) -> dict[str, Any]:
         if on_cuda and "cuda" in state["rng"]:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         start_step = int(state["step"])
-        if start_step >= config.steps:
+        if start_step >= end_step:
             raise ConfigError(
-                f"resume: {config.resume} is already at step {start_step} of steps={config.steps}"
+                f"resume: {config.resume} is already at step {start_step} of "
+                + (f"stop_at={config.stop_at}" if end_step < config.steps else f"steps={config.steps}")
             )
 
     objective: nn.Module = Objective(model, weighting)
@@ -218,7 +220,7 @@ def train(config: TrainConfig, runtime: Runtime) -> dict[str, Any]:
 
     log = _Log(run_dir, start_step) if runtime.is_main else None
     progress = tqdm(
-        total=config.steps,
+        total=end_step,
         initial=start_step,
         desc="training",
         unit="step",
@@ -229,7 +231,7 @@ def train(config: TrainConfig, runtime: Runtime) -> dict[str, Any]:
     batches = iter(loader)
     last_saved = run_dir / "last.pt"
     window_start, window_images = time.perf_counter(), 0
-    for step in range(start_step, config.steps):
+    for step in range(start_step, end_step):
         lr = poly_lr(optimizer, step, config.steps, config.optim.poly_power)
         batch = batch_to(next(batches), runtime.device, channels_last=on_cuda)
         total, losses = objective(batch, autocast)
@@ -246,7 +248,7 @@ def train(config: TrainConfig, runtime: Runtime) -> dict[str, Any]:
         window_images += config.batch_size * runtime.world_size
         done = step + 1
 
-        if log is not None and (done % config.log_every == 0 or done == config.steps):
+        if log is not None and (done % config.log_every == 0 or done == end_step):
             elapsed = time.perf_counter() - window_start
             sigma = weighting.sigma()
             _, weights = _weights(weighting, losses)
@@ -279,6 +281,15 @@ def train(config: TrainConfig, runtime: Runtime) -> dict[str, Any]:
     progress.close()
 
     final: dict[str, Any] = {}
+    if end_step < config.steps:
+        if runtime.is_main:
+            _save(last_saved, config, end_step, model, weighting, optimizer)
+            print(
+                f"stopped at step {end_step} of {config.steps}; resume={last_saved} goes on", file=sys.stderr
+            )
+        if runtime.world_size > 1:
+            dist.barrier()
+        return final
     if runtime.is_main:
         metrics = evaluate(
             model,

@@ -103,6 +103,20 @@ def test_resuming_continues_the_same_run(tmp_path: Path) -> None:
     assert [int(r["step"]) for r in read_log(resumed)] == [4, 5, 6]
 
 
+def test_stop_at_splits_a_run_without_changing_it(tmp_path: Path) -> None:
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert train(straight) == 0
+    assert train(split, "stop_at=4") == 0
+    assert load_checkpoint(split / "last.pt")["step"] == 4
+    assert not (split / "metrics.json").exists()  # no final evaluation until the end
+    assert train(split, f"resume={split / 'last.pt'}") == 0
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(split / "last.pt")
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(b["model"][name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+    assert [int(r["step"]) for r in read_log(split)] == [1, 2, 3, 4, 5, 6]
+    assert train(split, f"resume={split / 'last.pt'}", "steps=8", "stop_at=6") == 2
+
+
 def test_single_task_training_leaves_other_heads_untouched(tmp_path: Path) -> None:
     assert train(tmp_path, "loss.strategy=fixed", "loss.weights={semantic: 1, instance: 0, depth: 0}") == 0
     state = load_checkpoint(tmp_path / "last.pt")
@@ -152,6 +166,7 @@ def test_non_finite_loss_stops_with_task_and_step_and_keeps_last_checkpoint(
         ("model.backbone=vgg", "mobilenet_v3_large, resnet50, resnet101"),
         ("loss.strategy=magic", "dwa, fixed, uncertainty, uncertainty_log1p"),
         ("steps=0", "steps"),
+        ("stop_at=99", "stop_at"),
         ("optim.lr=fast", "optim.lr"),
         ("optim.momentun=0.9", "valid keys here"),
         ("data.source=cityscapes", "data.root"),
