@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from training.checkpoint import CheckpointError, model_from_checkpoint
 from training.data.cityscapes import CityscapesScenes
+from training.data.classes import CLASSES, IGNORE_INDEX
 from training.data.procedural import SPLITS, ProceduralScenes
 from training.data.sample import DataConfigError
 from training.data.visualize import colorize_inverse_depth, colorize_semantic
@@ -51,6 +52,43 @@ def evaluate(
         metrics.update({k: v.float() for k, v in outputs.items()}, batch)
     model.train(was_training)
     return dict(metrics.compute())
+
+
+@torch.no_grad()
+def baseline_metrics(
+    train_scenes: SceneSource, scenes: SceneSource, *, batch_size: int = 8
+) -> dict[str, Any]:
+    """Metrics of trivial constant predictions, the floor a model must clear.
+
+    From ``train_scenes``: the majority class over labelled pixels, and the mean inverse
+    depth over valid pixels (sky counts, at 0). On ``scenes`` every pixel is predicted
+    as that class, with zero instance offsets and that inverse depth.
+    """
+    counts = torch.zeros(256, dtype=torch.float64)
+    inverse_sum, inverse_count = 0.0, 0
+    for batch in DataLoader(TaskDataset(train_scenes), batch_size=batch_size):
+        labels = batch["semantic"][batch["semantic"] != IGNORE_INDEX]
+        counts += torch.bincount(labels.flatten(), minlength=256).double()
+        valid = batch["depth_mask"]
+        inverse_sum += batch["inverse_depth"][valid].double().sum().item()
+        inverse_count += int(valid.sum().item())
+    majority = int(counts.argmax().item())
+    mean_inverse = inverse_sum / max(inverse_count, 1)
+    metrics = SceneMetrics()
+    for batch in DataLoader(TaskDataset(scenes), batch_size=batch_size):
+        n, _, h, w = batch["image"].shape
+        constant = {
+            "semantic": torch.full((n, h, w), majority, dtype=torch.long),
+            "instance_offsets": torch.zeros(n, 2, h, w),
+            "inverse_depth": torch.full((n, 1, h, w), mean_inverse),
+        }
+        metrics.update(constant, batch)
+    return {
+        "majority_class": CLASSES[majority].name,
+        "mean_inverse_depth": mean_inverse,
+        "train_scenes": len(train_scenes),
+        **metrics.compute(),
+    }
 
 
 @torch.no_grad()
@@ -120,12 +158,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cityscapes", type=Path, help="evaluate on this Cityscapes root's val split instead"
     )
+    parser.add_argument(
+        "--baseline-scenes",
+        type=int,
+        default=200,
+        help="training scenes for the trivial baselines' constants (procedural only; 0 = skip; default 200)",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0)")
     args = parser.parse_args(argv)
     try:
-        if args.count <= 0 or args.batch_size <= 0:
-            raise DataConfigError("--count and --batch-size must be positive")
+        if args.count <= 0 or args.batch_size <= 0 or args.baseline_scenes < 0:
+            raise DataConfigError("--count and --batch-size must be positive, --baseline-scenes >= 0")
         model, state = model_from_checkpoint(args.checkpoint)
         config = state["config"]
         h, w = config.data.height, config.data.width
@@ -156,6 +200,13 @@ def main(argv: list[str] | None = None) -> int:
         "sigma": state["sigma"],
         **metrics,
     }
+    if not args.cityscapes and args.baseline_scenes:
+        # The training split and seed of the checkpoint, so the constants are what a
+        # model could have learned without looking at an image.
+        train_scenes = ProceduralScenes(
+            split="train", seed=config.data.seed, count=args.baseline_scenes, height=h, width=w
+        )
+        report["baselines"] = baseline_metrics(train_scenes, scenes, batch_size=args.batch_size)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     grid_path = args.grid or args.out.with_suffix(".png")
@@ -164,6 +215,13 @@ def main(argv: list[str] | None = None) -> int:
         f"mIoU {metrics['semantic_miou']:.1f}%  instance error {metrics['instance_mean_error_px']:.2f} px  "
         f"inverse-depth error {metrics['inverse_depth_mean_error']:.4f} 1/m  -> {args.out}, {grid_path}"
     )
+    if "baselines" in report:
+        base = report["baselines"]
+        print(
+            f"trivial baselines: mIoU {base['semantic_miou']:.1f}%  "
+            f"instance error {base['instance_mean_error_px']:.2f} px  "
+            f"inverse-depth error {base['inverse_depth_mean_error']:.4f} 1/m"
+        )
     return 0
 
 

@@ -1,11 +1,13 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from training.checkpoint import CheckpointError, load_checkpoint
+from training.data.classes import CLASSES
 from training.evaluate import main as eval_main
 from training.train import main as train_main
 
@@ -17,6 +19,23 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("run")
     assert train_main(["--config", str(REPO / "configs/smoke.yaml"), f"run_dir={run_dir}", "steps=2"]) == 0
     return run_dir / "last.pt"
+
+
+def test_trivial_baselines_predict_constants_learned_from_training_scenes(tmp_path: Path) -> None:
+    from training.data.procedural import ProceduralScenes
+    from training.evaluate import baseline_metrics
+
+    train = ProceduralScenes(split="train", seed=0, count=6, height=32, width=64)
+    test = ProceduralScenes(split="test", seed=9, count=4, height=32, width=64)
+    base = baseline_metrics(train, test, batch_size=4)
+    labels = np.concatenate([train[i].semantic.ravel() for i in range(len(train))])
+    counts = np.bincount(labels[labels != 255], minlength=19)
+    assert base["majority_class"] == CLASSES[int(counts.argmax())].name
+    # One class right of the ten or so present.
+    assert 0 < base["semantic_miou"] < 20 and base["pixel_accuracy"] > base["semantic_miou"]
+    assert 0 < base["mean_inverse_depth"] < 1
+    # Zero offsets: the error is the mean distance of instance pixels from their centroid.
+    assert base["instance_mean_error_px"] > 1
 
 
 def test_scene_eval_writes_metrics_and_a_prediction_grid(checkpoint: Path, tmp_path: Path) -> None:
@@ -41,6 +60,8 @@ def test_scene_eval_writes_metrics_and_a_prediction_grid(checkpoint: Path, tmp_p
         "width": 128,
     }
     assert set(report["sigma"]) == {"semantic", "instance", "depth"}
+    assert report["baselines"]["majority_class"] in {c.name for c in CLASSES}
+    assert report["baselines"]["semantic_miou"] < 40
     with Image.open(out.with_suffix(".png")) as grid:
         assert grid.width == 7 * 128 + 6 * 2  # image + three truth/prediction pairs
 
