@@ -18,10 +18,12 @@ Back-pressure and cancellation:
 
 - a full queue raises `QueueFullError` at once (503 with ``Retry-After``) instead of letting
   latency grow without bound;
-- a request that times out or whose client goes away cancels its future; the batcher
-  drops cancelled entries when it dequeues them and never sets a result on them, so
-  nothing waits forever and no result is kept for nobody;
-- `stop` fails every queued request with `ShuttingDownError`.
+- a request that times out cancels its future; the batcher drops cancelled entries
+  when it dequeues them and never sets a result on them, so nothing waits forever and
+  no result is kept for nobody (a client that disconnects is not noticed: its request
+  runs on, bounded by the timeout, and the answer is dropped);
+- `stop` fails every queued request, and a batch still being collected, with
+  `ShuttingDownError`.
 """
 
 from __future__ import annotations
@@ -162,13 +164,18 @@ class MicroBatcher:
 
     async def _serve(self) -> None:
         while True:
-            batch = await self._collect()
+            batch: list[_Pending] = []
+            try:
+                await self._collect(batch)
+            except asyncio.CancelledError:
+                _fail(batch, ShuttingDownError("the server is shutting down"))
+                raise
             await self._run(batch)
 
-    async def _collect(self) -> list[_Pending]:
-        """Wait for a live request, then gather more for up to the window while more are coming."""
+    async def _collect(self, batch: list[_Pending]) -> None:
+        """Wait for a live request, then gather more into ``batch`` for up to the window
+        while more are coming."""
         loop = asyncio.get_running_loop()
-        batch: list[_Pending] = []
         while not batch:
             pending = await self._queue.get()
             if not pending.future.done():
@@ -190,7 +197,6 @@ class MicroBatcher:
             pending = self._queue.get_nowait()
             if not pending.future.done():
                 batch.append(pending)
-        return batch
 
     async def _run(self, batch: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()

@@ -15,13 +15,13 @@ code                           status  when
                                        or counted while streaming)
 ``too_many_pixels``            413     image over ``max_pixels`` (decompression bomb guard)
 ``unsupported_media_type``     415     not multipart/form-data, image/png, image/jpeg
-                                       or image/webp
+                                       or image/webp; or a real image in another format
 ``validation_error``           422     bad query parameter, or no ``image`` field
 ``not_ready``                  503     the model is still loading or warming up
 ``unhealthy``                  503     liveness: warm-up failed, a restart may help
 ``queue_full``                 503     the batcher's queue is full; has ``Retry-After``
 ``shutting_down``              503     the server stopped while the request waited
-``timeout``                    504     queue wait plus inference took longer than
+``timeout``                    504     the request took longer than
                                        ``request_timeout_s``
 ``inference_failed``           500     ONNX Runtime raised on the request's batch
 ``internal_error``             500     a bug; the message is generic, the log has it

@@ -15,7 +15,9 @@ size with ``resolution=model``.
 
 from __future__ import annotations
 
+import asyncio
 import io
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,8 +26,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+from anyio import CapacityLimiter, to_thread
 from PIL import Image, ImageOps, UnidentifiedImageError
-from starlette.concurrency import run_in_threadpool
 
 from model_export.contract import (
     INSTANCE_OFFSETS,
@@ -36,7 +38,13 @@ from model_export.contract import (
 )
 from service import encoding, metrics
 from service.batching import MicroBatcher
-from service.errors import CorruptImageError, TooManyPixelsError
+from service.errors import (
+    CorruptImageError,
+    InferenceTimeoutError,
+    ServiceError,
+    TooManyPixelsError,
+    UnsupportedMediaTypeError,
+)
 from service.postprocess import Instance, group_instances
 from service.runtime import ModelRuntime, Outputs
 from service.schemas import (
@@ -147,8 +155,10 @@ def decode_image(data: bytes, max_pixels: int) -> RGBImage:
     except Image.DecompressionBombError as error:
         raise TooManyPixelsError(f"the image is too large: {error}") from None
     except UnidentifiedImageError:
-        raise CorruptImageError("the bytes are not a PNG, JPEG or WebP image") from None
-    except (OSError, SyntaxError, ValueError) as error:
+        raise _not_accepted(data) from None
+    except MemoryError:
+        raise
+    except Exception as error:  # crafted headers make Pillow's parsers raise many types
         raise CorruptImageError(f"not a readable PNG, JPEG or WebP image: {error}") from None
     width, height = image.size
     if width * height > max_pixels:
@@ -156,9 +166,25 @@ def decode_image(data: bytes, max_pixels: int) -> RGBImage:
     try:
         image.load()
         upright = ImageOps.exif_transpose(image)
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
+    except Image.DecompressionBombError as error:
+        raise TooManyPixelsError(f"the image is too large: {error}") from None
+    except MemoryError:
+        raise
+    except Exception as error:
         raise CorruptImageError(f"the image is truncated or corrupt: {error}") from None
     return _to_rgb(upright)
+
+
+def _not_accepted(data: bytes) -> ServiceError:
+    """415 for a real image in a format the service does not take (GIF, BMP, TIFF...), else 400."""
+    try:
+        with Image.open(io.BytesIO(data)) as other:
+            found = other.format
+    except Exception:
+        found = None
+    if found:
+        return UnsupportedMediaTypeError(f"the image is {found}; send PNG, JPEG or WebP")
+    return CorruptImageError("the bytes are not a PNG, JPEG or WebP image")
 
 
 def _to_rgb(image: Image.Image) -> RGBImage:
@@ -298,16 +324,30 @@ class Pipeline:
         self._palette = palette(runtime.card)
         self._class_names = {c.train_id: c.name for c in runtime.card.classes}
         self._task_uncertainty = task_uncertainty(runtime.card)
+        self.cpu_limiter = CapacityLimiter(settings.cpu_concurrency or os.cpu_count() or 1)
 
     async def predict(self, data: bytes, options: PredictOptions, encode: Callable[[Prediction], T]) -> T:
         """Decode, preprocess, batch-infer, postprocess and ``encode`` ``data`` (encoded image bytes).
 
-        Postprocessing and ``encode`` share one worker-thread hop: at 128x256 each hop
-        costs a noticeable share of the time the service adds to the model's.
+        The whole request gets ``request_timeout_s``: past it the client gets
+        `InferenceTimeoutError` (a stage already running in a thread finishes first).
         """
+        timeout_s = self.settings.request_timeout_s
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self._predict(data, options, encode)
+        except TimeoutError:
+            raise InferenceTimeoutError(f"no answer within {timeout_s:g} s; server overloaded") from None
+
+    async def _predict(self, data: bytes, options: PredictOptions, encode: Callable[[Prediction], T]) -> T:
+        # Decoding and postprocessing run in threads, at most `cpu_limiter`'s count at
+        # once: each holds full-resolution arrays, so this bounds memory as well as CPU.
+        # Postprocessing and ``encode`` share one hop: at 128x256 each hop costs a
+        # noticeable share of the time the service adds to the model's.
         clock = StageClock()
         with self.batcher.incoming():
-            image, model_input = await run_in_threadpool(self._prepare, data, clock)
+            prepared = await to_thread.run_sync(self._prepare, data, clock, limiter=self.cpu_limiter)
+        image, model_input = prepared
         result = await self.batcher.infer(model_input, self.settings.request_timeout_s)
         clock.record("queue_wait", result.queue_wait_s)
         clock.record("inference", result.inference_s)
@@ -316,7 +356,7 @@ class Pipeline:
         def finish() -> T:
             return encode(self._postprocess(result.outputs, shown, options, result.batch_size, clock))
 
-        return await run_in_threadpool(finish)
+        return await to_thread.run_sync(finish, limiter=self.cpu_limiter)
 
     def _prepare(self, data: bytes, clock: StageClock) -> tuple[RGBImage, RGBImage]:
         with clock.stage("decode"):

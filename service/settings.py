@@ -44,9 +44,14 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(default=0, ge=0, description="ORT intra-op threads; 0 lets ORT decide.")
     max_body_bytes: int = Field(default=20 * 2**20, gt=0, description="Largest accepted request body.")
     max_pixels: int = Field(
-        default=40_000_000,
+        default=16_777_216,
         gt=0,
         description="Largest accepted image (width × height); guards decompression bombs.",
+    )
+    cpu_concurrency: int = Field(
+        default=0,
+        ge=0,
+        description="Requests decoded or postprocessed at once (0: one per CPU core); bounds memory.",
     )
     batch_window_ms: float = Field(
         default=3.0,
@@ -56,7 +61,7 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=8, ge=1, description="Most images in one ONNX Runtime run.")
     queue_size: int = Field(default=64, ge=1, description="Images waiting for the batcher; beyond it → 503.")
     request_timeout_s: float = Field(
-        default=30.0, gt=0, description="Queue wait plus inference, per request."
+        default=30.0, gt=0, description="Longest a request may take, from decoding to the encoded answer."
     )
     workers: int = Field(default=1, ge=1, description="uvicorn worker processes (scene-serve only).")
     host: str = "127.0.0.1"

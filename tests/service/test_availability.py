@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 import httpx
 import numpy as np
@@ -14,6 +16,7 @@ import pytest
 
 from service import metrics
 from service.main import create_app
+from service.pipeline import Pipeline
 from service.runtime import ModelRuntime, Outputs
 from service.settings import Settings
 
@@ -141,6 +144,21 @@ async def test_timeout_is_504_and_leaves_nothing_behind(
         assert (await client.post("/predict", content=scene_png, headers=PNG)).status_code == 200
         assert app.state.service.batcher.queued == 0
     assert metrics.IN_FLIGHT._value.get() == in_flight
+
+
+async def test_the_timeout_covers_postprocessing_too(
+    make_settings: Callable[..., Settings], serve: Serve, scene_png: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    postprocess = Pipeline._postprocess
+
+    def slow(self: Pipeline, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.6)  # grouping a crowded, full-resolution image, say
+        return postprocess(self, *args, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "_postprocess", slow)
+    async with serve(create_app(make_settings(request_timeout_s=0.3))) as client:
+        response = await client.post("/predict", content=scene_png, headers=PNG)
+    assert response.status_code == 504 and response.json()["error"]["code"] == "timeout"
 
 
 async def test_inference_failure_is_500_and_the_next_request_works(

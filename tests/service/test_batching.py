@@ -198,3 +198,16 @@ async def test_stop_fails_queued_requests_and_refuses_new_ones() -> None:
             await task
     with pytest.raises(ShuttingDownError):
         await micro.infer(image(3), timeout_s=5)
+
+
+async def test_stop_during_the_window_fails_the_batch_being_collected() -> None:
+    micro = batcher(FakeModel(), window_s=10.0)
+    micro.start()
+    with micro.incoming():  # another request on its way holds the window open
+        collected = asyncio.create_task(micro.infer(image(1), timeout_s=30))
+        await wait_for(lambda: micro.queued == 0)
+        await asyncio.sleep(0.05)
+        await micro.stop()
+        with pytest.raises(ShuttingDownError):
+            async with asyncio.timeout(5):
+                await collected

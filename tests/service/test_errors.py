@@ -74,6 +74,15 @@ async def test_truncated_image_is_400(client: httpx.AsyncClient, scene_png: byte
     )
 
 
+@pytest.mark.parametrize("kind", ["GIF", "BMP", "TIFF"])
+async def test_a_real_image_in_another_format_is_415(client: httpx.AsyncClient, kind: str) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 16), (200, 30, 30)).save(buffer, format=kind)
+    response = await client.post("/predict", content=buffer.getvalue(), headers={"Content-Type": "image/png"})
+    assert_error(response, 415, "unsupported_media_type")
+    assert kind in response.json()["error"]["message"]
+
+
 async def test_bytes_that_are_no_image_are_400(client: httpx.AsyncClient) -> None:
     response = await client.post("/predict", content=b"hello" * 100, headers={"Content-Type": "image/jpeg"})
     assert_error(response, 400, "corrupt_image")
