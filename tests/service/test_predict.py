@@ -13,6 +13,7 @@ import numpy.typing as npt
 import pytest
 from PIL import Image
 
+from service.api.routes.predict import wants_npz
 from service.encoding import DepthEncoding, decode_depth_png, decode_png, from_base64
 from service.main import create_app
 from service.settings import Settings
@@ -210,3 +211,18 @@ async def test_optics_grouping_can_be_chosen(
         response = await client.post("/predict", content=scene_png, headers={"Content-Type": "image/png"})
     [car] = response.json()["instances"]["items"]
     assert car["class"] == "car"
+
+
+@pytest.mark.parametrize(
+    ("accept", "npz"),
+    [
+        ("application/x-npz", True),
+        ("application/json;q=0.5, application/x-npz", True),
+        ("Application/X-NPZ; q=0.8", True),
+        ("application/x-npz;q=0", False),
+        ("application/json", False),
+        (None, False),
+    ],
+)
+def test_accept_header_picks_npz_only_when_wanted(accept: str | None, npz: bool) -> None:
+    assert wants_npz(accept) is npz

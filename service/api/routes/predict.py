@@ -52,13 +52,22 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     415: _error("Not PNG, JPEG or WebP (raw) and not multipart/form-data."),
     422: _error("Bad query parameter, or a multipart body without an 'image' file."),
     503: _error("Model not ready yet, or the queue is full (see Retry-After)."),
-    504: _error("The request waited longer than the server's request timeout."),
+    504: _error("The request took longer than the server's request timeout."),
 }
 
 
 def wants_npz(accept: str | None) -> bool:
-    """True when the Accept header names ``application/x-npz``."""
-    return any(part.split(";", 1)[0].strip().lower() == NPZ_MEDIA_TYPE for part in (accept or "").split(","))
+    """True when the Accept header names ``application/x-npz`` with a quality above 0."""
+    for part in (accept or "").split(","):
+        kind, *parameters = (piece.strip().lower() for piece in part.split(";"))
+        if kind != NPZ_MEDIA_TYPE:
+            continue
+        quality = next((p.removeprefix("q=") for p in parameters if p.startswith("q=")), "1")
+        try:
+            return float(quality) > 0
+        except ValueError:
+            return True
+    return False
 
 
 @router.post(
