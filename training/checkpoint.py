@@ -73,6 +73,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"checkpoint {path} is not a scene-mtl checkpoint (format {found!r})")
+    raw_config = state.get("config")
+    if isinstance(raw_config, dict) and isinstance(raw_config.get("model"), dict):
+        # The checkpoint already holds every weight; the file the backbone started from
+        # may not exist where the checkpoint is read.
+        raw_config["model"]["backbone_weights"] = None
     try:
         state["config"] = from_dict(state["config"])
     except ConfigError as error:
@@ -85,8 +90,11 @@ def model_from_checkpoint(path: str | Path) -> tuple[SceneModel, dict[str, Any]]
     state = load_checkpoint(path)
     config: TrainConfig = state["config"]
     model_config = config.model
-    model_config.backbone_weights = None  # the checkpoint already holds every weight
     model = SceneModel(model_config)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise CheckpointError(f"checkpoint {path}: its weights do not fit its model ({first_line})") from None
     model.eval()
     return model, state

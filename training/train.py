@@ -137,9 +137,11 @@ def setup_runtime(config: TrainConfig) -> Runtime:
     if use_cuda and not torch.cuda.is_available():
         raise ConfigError(f"device: {config.device} requested but CUDA is not available here")
     if use_cuda:
-        device = torch.device(
-            "cuda", local_rank if world_size > 1 else torch.device(config.device).index or 0
-        )
+        if world_size > 1:
+            index = local_rank
+        else:  # "auto" and "cuda" mean the first GPU; "cuda:N" names one
+            index = torch.device(config.device).index or 0 if config.device.startswith("cuda") else 0
+        device = torch.device("cuda", index)
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")

@@ -162,11 +162,29 @@ def test_missing_truncated_and_foreign_checkpoints_give_one_clear_error(
     truncated.write_bytes(checkpoint.read_bytes()[:4096])
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(2)}, foreign)
+    # The right format, but weights of another shape than its config's model.
+    mangled = tmp_path / "mangled.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    name = next(iter(state["model"]))
+    state["model"][name] = torch.zeros(3, 1)
+    torch.save(state, mangled)
     for path, message in (
         (tmp_path / "nope.pt", "not found"),
         (truncated, "cannot be read"),
         (foreign, "not a scene-mtl checkpoint"),
+        (mangled, "do not fit"),
     ):
         assert cli.main(["--checkpoint", str(path), "--out", str(tmp_path / "m.onnx")]) == 2
         err = capsys.readouterr().err
         assert err.startswith("scene-export: error:") and message in err and "Traceback" not in err
+
+
+def test_a_checkpoint_reads_where_its_backbone_file_is_missing(checkpoint: Path, tmp_path: Path) -> None:
+    # Trained from a local weights file (model.backbone_weights), then copied elsewhere.
+    state = torch.load(checkpoint, weights_only=True)
+    state["config"]["model"]["backbone_weights"] = str(tmp_path / "gone" / "resnet101.pth")
+    moved = tmp_path / "moved.pt"
+    torch.save(state, moved)
+    out = tmp_path / "m.onnx"
+    assert cli.main(["--checkpoint", str(moved), "--out", str(out)]) == 0
+    assert out.is_file()

@@ -11,7 +11,7 @@ import torch
 
 from training.checkpoint import load_checkpoint
 from training.config import load_config
-from training.train import LOG_COLUMNS, main
+from training.train import LOG_COLUMNS, main, setup_runtime
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "smoke.yaml"
@@ -258,3 +258,17 @@ def test_overrides_edit_one_entry_of_a_mapping_and_accept_exponents() -> None:
     assert config.optim.lr == 0.001
     replaced = load_config(None, ["loss.weights={semantic: 1}"])
     assert replaced.loss.weights == {"semantic": 1.0}
+
+
+@pytest.mark.parametrize(("device", "index"), [("auto", 0), ("cuda", 0), ("cuda:1", 1)])
+def test_a_single_process_picks_the_gpu_it_is_told(
+    monkeypatch: pytest.MonkeyPatch, device: str, index: int
+) -> None:
+    # No GPU here: fake one, and record which device training would bind to.
+    chosen: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    runtime = setup_runtime(load_config(SMOKE, [f"device={device}"]))
+    assert runtime.device == torch.device("cuda", index) and chosen == [runtime.device]
