@@ -1,0 +1,116 @@
+"""The bundled model in models/default: complete, small, and as good as its record says.
+
+A broken export, a preprocessing change in the service or a regenerated model that
+is worse than the numbers in the README would each fail here.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from model_export.contract import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, parse_model_card
+from service.main import create_app
+from service.settings import Settings
+from training.data.procedural import ProceduralScenes
+from training.dataset import TaskDataset
+from training.metrics import SceneMetrics
+
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLED = ROOT / "models" / "default"
+MODEL = BUNDLED / "model.onnx"
+
+
+@pytest.fixture(scope="module")
+def recorded() -> dict[str, Any]:
+    metrics: dict[str, Any] = json.loads((BUNDLED / "metrics.json").read_text())
+    return metrics
+
+
+def test_the_bundled_files_are_there_and_small() -> None:
+    for name in ("model.onnx", "model.card.json", "metrics.json", "sigma.png", "README.md"):
+        assert (BUNDLED / name).is_file(), f"models/default/{name} is missing"
+    assert MODEL.stat().st_size <= 25 * 10**6
+
+
+def test_the_card_is_complete() -> None:
+    session = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
+    card = parse_model_card(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
+    assert card.backbone == "mobilenet_v3_large" and (card.input_height, card.input_width) == (128, 256)
+    assert card.weighting == "uncertainty"
+    assert len(card.classes) == 19 and card.thing_ids
+    for task in ("semantic", "instance", "depth"):
+        assert card.raw["task_uncertainty"][task]["learned"] is True
+        assert 0 < card.task_uncertainty[task].sigma < 10
+    assert card.metrics["semantic_miou"] > 0
+    assert json.loads((BUNDLED / "model.card.json").read_text()) == card.raw
+
+
+def test_recorded_metrics_beat_the_trivial_baselines(recorded: dict[str, Any]) -> None:
+    base = recorded["baselines"]
+    assert recorded["dataset"]["split"] == "test"
+    assert recorded["semantic_miou"] > 3 * base["semantic_miou"]
+    assert recorded["instance_mean_error_px"] < base["instance_mean_error_px"]
+    assert recorded["inverse_depth_mean_error"] < base["inverse_depth_mean_error"]
+
+
+def test_the_readme_quotes_the_recorded_metrics(recorded: dict[str, Any]) -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert f"{recorded['semantic_miou']:.1f}" in readme
+    assert f"{recorded['instance_mean_error_px']:.2f}" in readme
+    assert f"{recorded['inverse_depth_mean_error']:.4f}" in readme
+
+
+def test_predictions_on_fresh_scenes_reach_the_recorded_quality(recorded: dict[str, Any]) -> None:
+    session = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
+    # The recorded split and seed, fewer scenes: the same distribution, a quick check.
+    dataset = recorded["dataset"]
+    scenes = ProceduralScenes(split="test", seed=dataset["seed"], count=24, height=128, width=256)
+    metrics = SceneMetrics()
+    for batch in DataLoader(TaskDataset(scenes), batch_size=8):
+        images = (batch["image"].permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+        semantic, _, offsets, inverse_depth = session.run(list(OUTPUT_NAMES), {INPUT_NAME: images})
+        outputs = {
+            "semantic": torch.from_numpy(semantic.astype(np.int64)),
+            "instance_offsets": torch.from_numpy(offsets),
+            "inverse_depth": torch.from_numpy(inverse_depth),
+        }
+        metrics.update(outputs, batch)
+    measured = metrics.compute()
+    assert measured["semantic_miou"] > recorded["semantic_miou"] - 8
+    assert measured["instance_mean_error_px"] < 1.5 * recorded["instance_mean_error_px"]
+    assert measured["inverse_depth_mean_error"] < 1.5 * recorded["inverse_depth_mean_error"]
+
+
+@pytest.mark.anyio
+async def test_the_service_serves_it_with_sensible_answers(
+    serve: Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]],
+) -> None:
+    settings = Settings(model_path=MODEL, providers=["CPUExecutionProvider"], intra_op_threads=1)
+    scene = ProceduralScenes(split="test", seed=4242, count=1)[0]
+    buffer = io.BytesIO()
+    Image.fromarray(scene.image).save(buffer, format="PNG")
+    async with serve(create_app(settings)) as client:
+        response = await client.post(
+            "/predict", content=buffer.getvalue(), headers={"Content-Type": "image/png"}
+        )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    from service.encoding import decode_png, from_base64
+
+    semantic = decode_png(from_base64(body["semantic"]["png"]))
+    labelled = scene.semantic != 255
+    assert (semantic[labelled] == scene.semantic[labelled]).mean() > 0.8
+    assert body["depth"]["min_m"] is not None and body["depth"]["max_m"] > body["depth"]["min_m"]
