@@ -358,7 +358,9 @@ def test_the_image_command_is_scraped_by_prometheus(
             provider = response.json()["model"]["execution_provider"]
             assert provider in {"CPUExecutionProvider", "CUDAExecutionProvider"}
             httpx.post(f"{base}/predict", content=b"junk", headers={"Content-Type": "image/png"})
+            # Wait for a scrape taken after the junk request, not merely after the 21 good ones.
             wait_until(scraped('scene_requests_total{route="/predict",status_class="2xx"} >= 21'), log)
+            wait_until(scraped("scene_errors_total"), log)
             buckets = 'scene_request_duration_seconds_bucket{route="/predict"}'
             [sample] = query(api, f"histogram_quantile(0.95, sum by (le) (rate({buckets}[1m])))")
             p95 = float(sample["value"][1])
