@@ -140,7 +140,7 @@ def setup_runtime(config: TrainConfig) -> Runtime:
         if world_size > 1:
             index = local_rank
         else:  # "auto" and "cuda" mean the first GPU; "cuda:N" names one
-            index = torch.device(config.device).index or 0 if config.device.startswith("cuda") else 0
+            index = (torch.device(config.device).index or 0) if config.device.startswith("cuda") else 0
         device = torch.device("cuda", index)
         torch.cuda.set_device(device)
     else:
