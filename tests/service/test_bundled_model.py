@@ -22,6 +22,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from model_export.contract import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, parse_model_card
+from service.encoding import decode_png, from_base64
 from service.main import create_app
 from service.settings import Settings
 from training.data.procedural import ProceduralScenes
@@ -39,14 +40,18 @@ def recorded() -> dict[str, Any]:
     return metrics
 
 
+@pytest.fixture(scope="module")
+def session() -> ort.InferenceSession:
+    return ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
+
+
 def test_the_bundled_files_are_there_and_small() -> None:
     for name in ("model.onnx", "model.card.json", "metrics.json", "sigma.png", "README.md"):
         assert (BUNDLED / name).is_file(), f"models/default/{name} is missing"
     assert MODEL.stat().st_size <= 25 * 10**6
 
 
-def test_the_card_is_complete() -> None:
-    session = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
+def test_the_card_is_complete(session: ort.InferenceSession) -> None:
     card = parse_model_card(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
     assert card.backbone == "mobilenet_v3_large" and (card.input_height, card.input_width) == (128, 256)
     assert card.weighting == "uncertainty"
@@ -73,8 +78,9 @@ def test_the_readme_quotes_the_recorded_metrics(recorded: dict[str, Any]) -> Non
     assert f"{recorded['inverse_depth_mean_error']:.4f}" in readme
 
 
-def test_predictions_on_fresh_scenes_reach_the_recorded_quality(recorded: dict[str, Any]) -> None:
-    session = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
+def test_predictions_on_fresh_scenes_reach_the_recorded_quality(
+    recorded: dict[str, Any], session: ort.InferenceSession
+) -> None:
     # The recorded split and seed, fewer scenes: the same distribution, a quick check.
     dataset = recorded["dataset"]
     scenes = ProceduralScenes(split="test", seed=dataset["seed"], count=24, height=128, width=256)
@@ -108,8 +114,6 @@ async def test_the_service_serves_it_with_sensible_answers(
         )
     assert response.status_code == 200, response.text
     body = response.json()
-    from service.encoding import decode_png, from_base64
-
     semantic = decode_png(from_base64(body["semantic"]["png"]))
     labelled = scene.semantic != 255
     assert (semantic[labelled] == scene.semantic[labelled]).mean() > 0.8
