@@ -5,8 +5,12 @@ Expected layout under ``root`` (``<stem>`` is ``<city>_<seq>_<frame>``)::
     leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png     RGB image
     gtFine/<split>/<city>/<stem>_gtFine_labelIds.png      8-bit Cityscapes label ids
     gtFine/<split>/<city>/<stem>_gtFine_instanceIds.png   16-bit instance ids
-    disparity/<split>/<city>/<stem>_disparity.png         16-bit stereo disparity
-    camera/<split>/<city>/<stem>_camera.json              calibration
+    disparity/<split>/<city>/<stem>_disparity.png         16-bit stereo disparity (optional)
+    camera/<split>/<city>/<stem>_camera.json              calibration (optional)
+
+Many copies hold ``leftImg8bit`` and ``gtFine`` only. Without the ``disparity`` and
+``camera`` folders depth is *missing* for every sample (``nan``, no depth target),
+not an error; with them, every frame must have both files.
 
 Every sample is resized to ``(height, width)`` and converted to the project's label
 conventions (see `training.data.classes`). Only numpy, Pillow and json are used, so
@@ -48,8 +52,8 @@ class _Frame:
     image: Path
     label_ids: Path
     instance_ids: Path
-    disparity: Path
-    camera: Path
+    disparity: Path | None
+    camera: Path | None
 
 
 class CityscapesScenes:
@@ -66,18 +70,20 @@ class CityscapesScenes:
     - ``instance``: ``int32 [height, width]``, ``train_id * 1000 + k`` on thing
       classes, 0 elsewhere, nearest resize.
     - ``depth``: ``float32 [height, width]`` metres, ``baseline * fx / disparity``;
-      ``nan`` where stereo gave no disparity, ``inf`` on sky.
+      ``nan`` where stereo gave no disparity, ``inf`` on sky; ``nan`` everywhere when
+      the tree has no ``disparity``/``camera`` folders.
 
     Args:
-        root: folder holding ``leftImg8bit``, ``gtFine``, ``disparity`` and ``camera``.
+        root: folder holding ``leftImg8bit`` and ``gtFine``, and optionally
+            ``disparity`` and ``camera``.
         split: one of ``SPLITS``.
         height: output height in pixels.
         width: output width in pixels.
 
     Raises:
         DataConfigError: naming the path or field, if the split or size is invalid,
-            a folder is missing, the split has no images, or a frame lacks one of its
-            label, disparity or camera files.
+            a required folder is missing, the split has no images, or a frame lacks
+            one of its label files (or, in a tree with depth, its disparity or camera).
     """
 
     def __init__(
@@ -113,18 +119,21 @@ class CityscapesScenes:
         full_size = image.shape[:2]
         label_ids = _read_map(frame.label_ids, full_size)
         instance_ids = _read_map(frame.instance_ids, full_size)
-        disparity_png = _read_map(frame.disparity, full_size)
-        baseline_m, fx_px = _read_camera(frame.camera)
 
         size = (self.height, self.width)
         rgb = Image.fromarray(image).resize((self.width, self.height), Image.Resampling.BILINEAR)
         semantic = _to_train_ids(_resize_nearest(label_ids, size), frame.label_ids)
         instance = _to_instances(_resize_nearest(instance_ids, size), semantic)
-        # Disparity is a horizontal pixel offset, so it and fx scale with the width.
-        x_scale = self.width / full_size[1]
-        depth = _to_depth(
-            _resize_nearest(disparity_png, size), semantic, baseline_m, fx_px * x_scale, x_scale
-        )
+        if frame.disparity is None or frame.camera is None:
+            depth = np.full(size, np.nan, dtype=np.float32)
+        else:
+            disparity_png = _read_map(frame.disparity, full_size)
+            baseline_m, fx_px = _read_camera(frame.camera)
+            # Disparity is a horizontal pixel offset, so it and fx scale with the width.
+            x_scale = self.width / full_size[1]
+            depth = _to_depth(
+                _resize_nearest(disparity_png, size), semantic, baseline_m, fx_px * x_scale, x_scale
+            )
         return SceneSample(
             image=np.asarray(rgb, dtype=np.uint8),
             semantic=semantic,
@@ -145,9 +154,17 @@ def _discover(root: Path, split: str) -> tuple[_Frame, ...]:
     if not root.is_dir():
         raise DataConfigError(f"Cityscapes root {root} not found")
     folders = {kind: root / kind / split for kind in ("leftImg8bit", "gtFine", "disparity", "camera")}
-    for folder in folders.values():
-        if not folder.is_dir():
-            raise DataConfigError(f"{folder} not found")
+    for kind in ("leftImg8bit", "gtFine"):
+        if not folders[kind].is_dir():
+            raise DataConfigError(f"{folders[kind]} not found")
+    with_depth = [folders[kind].is_dir() for kind in ("disparity", "camera")]
+    if any(with_depth) and not all(with_depth):
+        present, absent = ("disparity", "camera") if with_depth[0] else ("camera", "disparity")
+        raise DataConfigError(
+            f"{folders[absent]} not found: depth needs both {present}/ and {absent}/ (or neither, "
+            "for semantics and instances only)"
+        )
+    has_depth = all(with_depth)
     images = sorted(folders["leftImg8bit"].glob(f"*/*{_IMAGE_SUFFIX}"), key=lambda path: path.name)
     if not images:
         raise DataConfigError(f"no *{_IMAGE_SUFFIX} under {folders['leftImg8bit']}/<city>/")
@@ -160,12 +177,13 @@ def _discover(root: Path, split: str) -> tuple[_Frame, ...]:
             image=image,
             label_ids=folders["gtFine"] / city / f"{stem}_gtFine_labelIds.png",
             instance_ids=folders["gtFine"] / city / f"{stem}_gtFine_instanceIds.png",
-            disparity=folders["disparity"] / city / f"{stem}_disparity.png",
-            camera=folders["camera"] / city / f"{stem}_camera.json",
+            disparity=folders["disparity"] / city / f"{stem}_disparity.png" if has_depth else None,
+            camera=folders["camera"] / city / f"{stem}_camera.json" if has_depth else None,
         )
         # Checked here so a broken tree fails at construction, not hours into training.
-        for companion in (frame.label_ids, frame.instance_ids, frame.disparity, frame.camera):
-            if not companion.is_file():
+        companions = (frame.label_ids, frame.instance_ids, frame.disparity, frame.camera)
+        for companion in companions:
+            if companion is not None and not companion.is_file():
                 raise DataConfigError(f"{companion} not found (needed for image {image})")
         frames.append(frame)
     return tuple(frames)

@@ -11,7 +11,8 @@ it without torch.
 Label conventions shared by every dataset in the project:
 
 - semantic: ``uint8 [H, W]`` train ids, ``IGNORE_INDEX`` (255) where unlabelled;
-- instance: ``int32 [H, W]``, 0 where the pixel belongs to no instance, otherwise
+- instance: ``int32 [H, W]``, 0 where the pixel belongs to no instance,
+  ``INSTANCE_UNKNOWN`` (-1) where the dataset does not say, otherwise
   ``train_id * INSTANCE_DIVISOR + k`` with ``k`` in ``[0, INSTANCE_DIVISOR)``
   numbering the instances of that class in the image. The highest possible id,
   18 * 1000 + 999, fits a 16-bit PNG.
@@ -27,6 +28,9 @@ import numpy.typing as npt
 
 IGNORE_INDEX = 255
 INSTANCE_DIVISOR = 1000
+# Instance id of a pixel whose instance is not known (a dataset without instance
+# labels): unlike 0 ("belongs to no instance"), it carries no target at all.
+INSTANCE_UNKNOWN = -1
 
 
 @dataclass(frozen=True)

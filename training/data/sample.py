@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from PIL import Image
 
-from training.data.classes import IGNORE_INDEX, INSTANCE_DIVISOR, is_thing_table
+from training.data.classes import IGNORE_INDEX, INSTANCE_DIVISOR, INSTANCE_UNKNOWN, is_thing_table
 
 
 class DataConfigError(ValueError):
@@ -21,10 +22,12 @@ class SceneSample:
     Attributes:
         image: ``uint8 [H, W, 3]`` RGB.
         semantic: ``uint8 [H, W]`` train ids, ``IGNORE_INDEX`` where unlabelled.
-        instance: ``int32 [H, W]``; 0 = no instance, else ``train_id * 1000 + k``.
+        instance: ``int32 [H, W]``; 0 = no instance, ``INSTANCE_UNKNOWN`` (-1) = not
+            labelled (no instance target), else ``train_id * 1000 + k``.
         depth: ``float32 [H, W]`` metric depth along the camera's optical axis, in
             metres. ``inf`` where the ray meets nothing (sky: inverse depth 0);
-            ``nan`` where there is no measurement (only in real data).
+            ``nan`` where there is no measurement (only in real data; everywhere in a
+            dataset without depth).
         name: a stable identifier, e.g. ``"train/000042"``.
     """
 
@@ -59,6 +62,7 @@ class SceneSample:
         assert self.image.shape == (h, w, 3) and self.image.dtype == np.uint8
         assert self.semantic.dtype == np.uint8
         assert self.instance.shape == (h, w) and self.instance.dtype == np.int32
+        assert not np.any(self.instance < INSTANCE_UNKNOWN), "negative instance id other than unknown"
         assert self.depth.shape == (h, w) and self.depth.dtype == np.float32
         things = is_thing_table()[self.semantic]
         has_instance = self.instance > 0
@@ -66,3 +70,20 @@ class SceneSample:
         labelled = self.semantic != IGNORE_INDEX
         assert np.all(self.instance_class()[has_instance] == self.semantic[has_instance])
         assert not np.any(self.depth[labelled] <= 0), "non-positive depth"
+
+
+def resize_sample(sample: SceneSample, height: int, width: int) -> SceneSample:
+    """``sample`` at ``(height, width)``: image bilinear, every label map nearest-neighbour."""
+    if sample.height == height and sample.width == width:
+        return sample
+    rows = ((np.arange(height) + 0.5) * (sample.height / height)).astype(np.intp)
+    cols = ((np.arange(width) + 0.5) * (sample.width / width)).astype(np.intp)
+    pick = np.ix_(rows, cols)
+    image = Image.fromarray(sample.image).resize((width, height), Image.Resampling.BILINEAR)
+    return SceneSample(
+        image=np.array(image, dtype=np.uint8),
+        semantic=sample.semantic[pick],
+        instance=sample.instance[pick],
+        depth=sample.depth[pick],
+        name=sample.name,
+    )

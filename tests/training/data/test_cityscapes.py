@@ -16,6 +16,7 @@ from PIL import Image
 from training.data.cityscapes import CityscapesScenes
 from training.data.classes import IGNORE_INDEX, train_id
 from training.data.sample import DataConfigError
+from training.targets import build_targets
 
 HEIGHT, WIDTH = 64, 128
 BASELINE_M, FX_PX = 0.2, 2262.52
@@ -208,10 +209,33 @@ def test_missing_root_is_named(tmp_path: Path) -> None:
         CityscapesScenes(missing, split="val")
 
 
-@pytest.mark.parametrize("folder", ["leftImg8bit", "gtFine", "disparity", "camera"])
+@pytest.mark.parametrize("folder", ["leftImg8bit", "gtFine"])
 def test_missing_folder_is_named(root: Path, folder: str) -> None:
     shutil.rmtree(root / folder / "val")
     with pytest.raises(DataConfigError, match=re.escape(f"{root / folder / 'val'} not found")):
+        CityscapesScenes(root, split="val")
+
+
+def test_gtfine_only_tree_has_missing_depth_and_full_labels(root: Path) -> None:
+    full = CityscapesScenes(root, split="val")[0]
+    shutil.rmtree(root / "disparity")
+    shutil.rmtree(root / "camera")
+    sample = CityscapesScenes(root, split="val")[0]
+    sample.check()
+    assert np.isnan(sample.depth).all()  # missing: not 0, not sky's inf
+    np.testing.assert_array_equal(sample.semantic, full.semantic)
+    np.testing.assert_array_equal(sample.instance, full.instance)
+    targets = build_targets(sample)
+    assert not targets["depth_mask"].any()
+    assert targets["instance_mask"].any()
+
+
+@pytest.mark.parametrize(("present", "absent"), [("disparity", "camera"), ("camera", "disparity")])
+def test_half_a_depth_tree_is_named(root: Path, present: str, absent: str) -> None:
+    shutil.rmtree(root / absent)
+    with pytest.raises(
+        DataConfigError, match=re.escape(f"{root / absent / 'val'} not found: depth needs both")
+    ):
         CityscapesScenes(root, split="val")
 
 
