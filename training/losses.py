@@ -1,9 +1,12 @@
 """Per-task losses (Kendall et al. 2018, Sec. 4): one scalar per task head.
 
-Every loss is a mean over the pixels that carry a label for that task. When a batch
-has no such pixel (no instances in view, no depth measurement) the loss is an exact 0
-that is still connected to the graph, never ``0 / 0 = nan``, so the weighted total and
-``backward()`` keep working and the head simply gets no gradient from that batch.
+Every loss is a mean over the pixels that carry a label for that task, pooled over
+the batch, so a sample without any such pixel (a CamVid frame has no instance or depth
+labels) contributes nothing to that task's loss. When the whole batch has no such
+pixel the loss is an exact 0 that is still connected to the graph, never
+``0 / 0 = nan``, so ``backward()`` keeps working and the head gets no gradient from
+that batch; `labelled_tasks` tells the loss weighting, which then leaves the task
+out of the step altogether (see `training.weighting`).
 """
 
 from __future__ import annotations
@@ -74,6 +77,20 @@ def depth_loss(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
         Scalar tensor, 1/m; 0 if no pixel has a measurement.
     """
     return _masked_mean((pred - target).abs(), mask)
+
+
+def labelled_tasks(targets: dict[str, Tensor], tasks: tuple[str, ...] = TASKS) -> dict[str, Tensor]:
+    """Whether the batch has any labelled pixel for each task in ``tasks``.
+
+    Returns ``bool`` scalar tensors on the targets' device (no host sync), keyed by
+    task: semantic pixels not ``IGNORE_INDEX``, instance pixels, depth measurements.
+    """
+    masks = {
+        "semantic": lambda: targets["semantic"] != IGNORE_INDEX,
+        "instance": lambda: targets["instance_mask"],
+        "depth": lambda: targets["depth_mask"],
+    }
+    return {task: masks[task]().any() for task in tasks}
 
 
 def task_losses(

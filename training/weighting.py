@@ -5,9 +5,12 @@ Each strategy is a small ``nn.Module`` with a name in ``WEIGHTINGS``::
     weighting = build_weighting("uncertainty", tasks=("semantic", "depth"))
     total, weights = weighting(losses)  # losses: {"semantic": L_sem, "depth": L_depth, ...}
 
-- ``forward(losses)`` takes one scalar loss per task (keys from ``TASKS``) and returns
-  ``(total, weights)``: the total to back-propagate and, for logging, the factor each
-  task loss was multiplied by. Only the strategy's ``tasks`` take part; other keys in
+- ``forward(losses, labelled=None)`` takes one scalar loss per task (keys from
+  ``TASKS``) and returns ``(total, weights)``: the total to back-propagate and, for
+  logging, the factor each task loss was multiplied by. ``labelled`` (task -> bool
+  scalar tensor, from `training.losses.labelled_tasks`) says which tasks had any
+  labelled pixel in the batch; a task without one drops out of that step's total
+  entirely (see "Missing labels" below). Only the strategy's ``tasks`` take part; other keys in
   ``losses`` are ignored, so a "semantic + depth" run can still compute (and log) the
   instance loss.
 - ``sigma()`` reports each task's σ_i. For the uncertainty strategies it is the learned
@@ -20,6 +23,15 @@ Each strategy is a small ``nn.Module`` with a name in ``WEIGHTINGS``::
 
 Here ``c_i = 1`` for classification (semantic) and ``1/2`` for regression (instance,
 depth): the scale of the task's likelihood in Kendall, Gal & Cipolla (CVPR 2018).
+
+Missing labels. Datasets label different tasks: CamVid frames carry semantics only.
+Within a batch each task's loss is a mean over its labelled pixels, so samples without
+labels for it add nothing. When no sample in the batch labels a task, its whole term
+drops out of the step, the regulariser included: for the uncertainty strategies the
+step's total is ``Σ_{i labelled} c_i · exp(−s_i) · L_i + s_i / 2``. Keeping ``s_i / 2``
+alone would be a gradient of +1/2 on ``s_i`` with nothing to balance it, pushing σ_i up
+on every such batch; dropping it leaves ``s_i`` exactly where it was. DWA does not
+record a step in which any of its tasks is unlabelled.
 """
 
 from __future__ import annotations
@@ -89,8 +101,14 @@ class LossWeighting(nn.Module, ABC):
         self.tasks: tuple[str, ...] = tuple(t for t in TASKS if t in requested)
 
     @abstractmethod
-    def forward(self, losses: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        """Weighted total (scalar tensor) and the per-task weights as floats for logging."""
+    def forward(
+        self, losses: Mapping[str, Tensor], labelled: Mapping[str, Tensor] | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Weighted total (scalar tensor) and the per-task weights as floats for logging.
+
+        ``labelled``: task -> bool scalar tensor, False for a task with no labelled
+        pixel in the batch; such a task contributes nothing. ``None``: all labelled.
+        """
 
     @abstractmethod
     def sigma(self) -> dict[str, float]:
@@ -157,13 +175,19 @@ class UncertaintyWeighting(LossWeighting):
         """The term that stops σ_i growing without bound: ``log σ_i = s_i / 2``."""
         return log_variance / 2
 
-    def forward(self, losses: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+    def forward(
+        self, losses: Mapping[str, Tensor], labelled: Mapping[str, Tensor] | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
         terms: list[Tensor] = []
         weights: list[Tensor] = []
         for task, loss in zip(self.tasks, self._selected(losses), strict=True):
             log_variance = self.task_log_variance[task]
             weight = likelihood_scale(task) * torch.exp(-log_variance)
-            terms.append(weight * loss + self._regulariser(log_variance))
+            term = weight * loss + self._regulariser(log_variance)
+            if labelled is not None:
+                # where(), not a product: the unselected branch passes no gradient to s_i.
+                term = torch.where(labelled[task], term, torch.zeros_like(term))
+            terms.append(term)
             weights.append(weight.detach())
         # One device-to-host copy for all weights rather than one per task.
         logged = torch.stack(weights).tolist()
@@ -215,7 +239,10 @@ class FixedWeighting(LossWeighting):
         super().__init__(participating)
         self.task_weight: dict[str, float] = {t: float(weights[t]) for t in self.tasks}
 
-    def forward(self, losses: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+    def forward(
+        self, losses: Mapping[str, Tensor], labelled: Mapping[str, Tensor] | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
+        # An unlabelled task's loss is already an exact 0 and there is no regulariser.
         selected = self._selected(losses)
         terms = [self.task_weight[t] * loss for t, loss in zip(self.tasks, selected, strict=True)]
         total = torch.stack(terms).sum()
@@ -269,11 +296,15 @@ class DynamicWeightAverage(LossWeighting):
         self.steps_in_window = 0
         self.completed_windows = 0
 
-    def forward(self, losses: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+    def forward(
+        self, losses: Mapping[str, Tensor], labelled: Mapping[str, Tensor] | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
         stacked = torch.stack(self._selected(losses))
         total = (self.task_weight * stacked).sum()
         weights = dict(zip(self.tasks, self.task_weight.tolist(), strict=True))
-        if self.training:
+        all_labelled = labelled is None or bool(torch.stack([labelled[t] for t in self.tasks]).all())
+        # A window mean must not be pulled down by the zeros of unlabelled batches.
+        if self.training and all_labelled:
             self._record(stacked.detach())
         return total, weights
 

@@ -78,3 +78,38 @@ def test_task_losses_computes_only_the_requested_tasks() -> None:
     assert losses["depth"].item() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="valid tasks"):
         task_losses(outputs, targets, tasks=("segmentation",))
+
+
+def test_a_sample_without_labels_for_a_task_adds_nothing_to_its_loss() -> None:
+    from training.losses import labelled_tasks
+
+    # Sample 0: procedural, all tasks labelled. Sample 1: CamVid, semantics only.
+    pred = {
+        "semantic_logits": torch.zeros(2, 2, 1, 2),
+        "instance_offsets": torch.full((2, 2, 1, 2), 1.0),
+        "inverse_depth": torch.full((2, 1, 1, 2), 0.5),
+    }
+    targets = {
+        "semantic": torch.tensor([[[0, 1]], [[1, IGNORE_INDEX]]]),
+        "instance_offsets": torch.zeros(2, 2, 1, 2),
+        "instance_mask": torch.tensor([[[True, False]], [[False, False]]]),
+        "inverse_depth": torch.tensor([[[[0.25, 0.0]]], [[[0.0, 0.0]]]]),
+        "depth_mask": torch.tensor([[[[True, True]]], [[[False, False]]]]),
+    }
+    losses = task_losses(pred, targets)
+    # Means over sample 0's pixels only: |1| + |1| = 2 px on its one instance pixel;
+    # |0.5 - 0.25| and |0.5 - 0| on its two depth pixels.
+    assert losses["instance"].item() == pytest.approx(2.0)
+    assert losses["depth"].item() == pytest.approx((0.25 + 0.5) / 2)
+    assert losses["semantic"].item() == pytest.approx(math.log(2))  # 3 labelled pixels, all ln 2
+    assert {t: bool(v) for t, v in labelled_tasks(targets).items()} == {
+        "semantic": True,
+        "instance": True,
+        "depth": True,
+    }
+    camvid_only = {k: v[1:] for k, v in targets.items()}
+    assert {t: bool(v) for t, v in labelled_tasks(camvid_only).items()} == {
+        "semantic": True,
+        "instance": False,
+        "depth": False,
+    }

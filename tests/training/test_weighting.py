@@ -248,3 +248,50 @@ def test_check_finite_names_the_task_and_step() -> None:
         check_finite(_tensors({"semantic": 1.0, "instance": 2.0, "depth": math.nan}), step=17)
     assert isinstance(info.value, RuntimeError)
     assert "semantic" not in str(info.value)
+
+
+# --- missing labels -------------------------------------------------------------------
+
+
+def test_unlabelled_task_drops_out_of_the_total_with_its_regulariser() -> None:
+    weighting = build_weighting("uncertainty", initial_log_variance=LOG_VARIANCE)
+    labelled = {"semantic": torch.tensor(True), "instance": torch.tensor(False), "depth": torch.tensor(True)}
+    # The instance loss of an unlabelled batch is an exact 0 (training.losses).
+    losses = _tensors(LOSSES | {"instance": 0.0})
+    total, _ = weighting(losses, labelled)
+    # Semantic and depth terms only: no instance data term and no s_instance / 2.
+    expected = 1.0 * math.exp(-0.5) * 2.0 + 0.5 / 2 + 0.5 * math.exp(-2.0) * 0.25 + 2.0 / 2
+    assert total.item() == pytest.approx(expected, rel=1e-6)
+    total.backward()
+    assert weighting.get_parameter("task_log_variance.instance").grad.item() == 0.0  # type: ignore[union-attr]
+    depth_grad = weighting.get_parameter("task_log_variance.depth").grad
+    assert depth_grad is not None
+    assert depth_grad.item() == pytest.approx(-0.5 * math.exp(-2.0) * 0.25 + 0.5, rel=1e-6)
+
+
+def test_sigma_of_a_task_never_labelled_stays_put_under_training() -> None:
+    weighting = build_weighting("uncertainty")
+    optimizer = torch.optim.SGD(weighting.parameters(), lr=0.1, momentum=0.9)
+    labelled = {"semantic": torch.tensor(True), "instance": torch.tensor(True), "depth": torch.tensor(False)}
+    for _ in range(50):
+        total, _ = weighting(_tensors({"semantic": 0.2, "instance": 4.0, "depth": 0.0}), labelled)
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+    # Without the rule, s_depth / 2 alone would have pushed σ_depth down step after step.
+    assert weighting.sigma()["depth"] == 1.0
+    assert weighting.sigma()["semantic"] < 0.9 and weighting.sigma()["instance"] > 1.1
+
+
+def test_all_labelled_flags_match_the_plain_total() -> None:
+    weighting = build_weighting("uncertainty", initial_log_variance=LOG_VARIANCE)
+    every = {task: torch.tensor(True) for task in TASKS}
+    assert weighting(_tensors(LOSSES), every)[0].item() == weighting(_tensors(LOSSES))[0].item()
+
+
+def test_dwa_does_not_average_a_step_with_an_unlabelled_task() -> None:
+    dwa = DynamicWeightAverage(window=1)
+    labelled = {"semantic": torch.tensor(True), "instance": torch.tensor(False), "depth": torch.tensor(True)}
+    for _ in range(3):
+        dwa(_tensors({"semantic": 1.0, "instance": 0.0, "depth": 1.0}), labelled)
+    assert dwa.completed_windows == 0
