@@ -7,6 +7,8 @@ rebuild the model from the checkpoint alone.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import types
 import typing
 from collections.abc import Sequence
@@ -18,6 +20,8 @@ import yaml
 
 from training.model import BACKBONES, ModelConfig
 
+DATA_SOURCES: tuple[str, ...] = ("procedural", "camvid", "cityscapes")
+
 
 class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the key."""
@@ -28,26 +32,56 @@ class DataConfig:
     """Where training images come from.
 
     Attributes:
-        source: ``"procedural"`` (rendered on the fly) or ``"cityscapes"``.
+        source: ``"procedural"`` (rendered on the fly), ``"camvid"`` or ``"cityscapes"``;
+            the only source when ``mix`` is empty, else the one validated on.
+        mix: several sources at once, source name -> its share of every batch, e.g.
+            ``{procedural: 0.5, camvid: 0.5}``; shares are normalised and turned into
+            a fixed number of samples per batch. Empty: ``source`` alone.
         root: Cityscapes root directory (source ``cityscapes`` only).
+        camvid_root: CamVid root (the SegNet layout: ``train.txt``, ``train/``,
+            ``trainannot/``, ...); ``null`` reads ``SCENE_CAMVID_ROOT``.
         height, width: training resolution (paper: 128 x 256, "Tiny Cityscapes").
         seed: procedural dataset seed; the validation split uses the same seed's
             ``val`` stream, so it never shares a scene with training.
         train_count: procedural scenes per pass over the training set.
         val_count: procedural validation scenes.
         hflip: random horizontal flips (paper: yes).
+        scale_range: real frames only: random scale ``[low, high]`` relative to the
+            training size before a random crop (see `training.data.augment`).
+        color_jitter: real frames only: brightness/contrast/saturation jitter.
         workers: DataLoader worker processes.
     """
 
     source: str = "procedural"
+    mix: dict[str, float] = field(default_factory=dict)
     root: str | None = None
+    camvid_root: str | None = None
     height: int = 128
     width: int = 256
     seed: int = 0
     train_count: int = 20000
     val_count: int = 200
     hflip: bool = True
+    scale_range: list[float] = field(default_factory=lambda: [0.75, 1.75])
+    color_jitter: float = 0.3
     workers: int = 2
+
+    def sources(self) -> dict[str, float]:
+        """Source name -> normalised share of each batch (``source`` alone when ``mix`` is empty)."""
+        if not self.mix:
+            return {self.source: 1.0}
+        total = sum(self.mix.values())
+        return {name: share / total for name, share in self.mix.items()}
+
+    def resolved_camvid_root(self) -> str:
+        """``camvid_root``, else ``SCENE_CAMVID_ROOT``; `ConfigError` naming both if neither is set."""
+        root = self.camvid_root or os.environ.get("SCENE_CAMVID_ROOT")
+        if not root:
+            raise ConfigError(
+                "data.camvid_root: the CamVid source needs its location; set data.camvid_root=PATH "
+                "or the SCENE_CAMVID_ROOT environment variable"
+            )
+        return root
 
 
 @dataclass
@@ -57,6 +91,12 @@ class OptimConfig:
     ``log_variance_lr`` is the learning rate of the loss weighting's learned
     parameters (the uncertainty strategies' s_i); ``None`` means ``lr``. Those
     parameters never get weight decay.
+
+    ``grad_clip_norm`` clips the network's gradient norm only. The s_i have their own
+    bound, ``log_variance_grad_clip``: each s_i's gradient is clamped to ``[-g, g]``
+    (``None``: unbounded). Normal steps stay well inside it (near equilibrium the
+    gradient is about 0, and it is +1/2 at most); it stops one batch whose loss spikes
+    (``-c_i·exp(-s_i)·L_i`` in the thousands) from throwing σ_i up by orders of magnitude.
     """
 
     lr: float = 2.5e-3
@@ -66,6 +106,7 @@ class OptimConfig:
     poly_power: float = 0.9
     log_variance_lr: float | None = None
     grad_clip_norm: float | None = None
+    log_variance_grad_clip: float | None = None
 
 
 @dataclass
@@ -138,12 +179,34 @@ class TrainConfig:
             raise ConfigError(
                 f"model.backbone: unknown backbone {self.model.backbone!r}; valid: {', '.join(BACKBONES)}"
             )
-        if self.data.source not in ("procedural", "cityscapes"):
+        if self.data.source not in DATA_SOURCES:
             raise ConfigError(
-                f"data.source: unknown source {self.data.source!r}; valid: procedural, cityscapes"
+                f"data.source: unknown source {self.data.source!r}; valid: {', '.join(DATA_SOURCES)}"
             )
-        if self.data.source == "cityscapes" and not self.data.root:
+        for name, share in self.data.mix.items():
+            if name not in DATA_SOURCES:
+                raise ConfigError(f"data.mix.{name}: unknown source; valid: {', '.join(DATA_SOURCES)}")
+            if not (math.isfinite(share) and share > 0):
+                raise ConfigError(f"data.mix.{name}: share must be positive, got {share}")
+        if self.data.mix and self.data.source not in self.data.mix:
+            raise ConfigError(
+                f"data.source: {self.data.source!r} (validated on) must be one of data.mix's sources "
+                f"({', '.join(self.data.mix)})"
+            )
+        sources = self.data.sources()
+        if "cityscapes" in sources and not self.data.root:
             raise ConfigError("data.root: required when data.source is cityscapes")
+        if len(sources) > 1 and min(sources.values()) * self.batch_size < 0.5:
+            raise ConfigError(
+                f"data.mix: batch_size={self.batch_size} is too small to give every source a sample "
+                f"(shares {sources})"
+            )
+        if len(self.data.scale_range) != 2 or not 0 < self.data.scale_range[0] <= self.data.scale_range[1]:
+            raise ConfigError(
+                f"data.scale_range: expected [low, high] with 0 < low <= high, got {self.data.scale_range}"
+            )
+        if not 0 <= self.data.color_jitter < 1:
+            raise ConfigError(f"data.color_jitter: must lie in [0, 1), got {self.data.color_jitter}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ConfigError(f"device: expected auto, cpu or cuda[:N], got {self.device!r}")
         if self.data.workers < 0:
@@ -151,6 +214,7 @@ class TrainConfig:
         optional: dict[str, float | None] = {
             "optim.log_variance_lr": self.optim.log_variance_lr,
             "optim.grad_clip_norm": self.optim.grad_clip_norm,
+            "optim.log_variance_grad_clip": self.optim.log_variance_grad_clip,
         }
         for name, rate in optional.items():
             if rate is not None and rate <= 0:

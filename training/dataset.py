@@ -11,6 +11,8 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from training.config import DataConfig
+from training.data.augment import RealFrameAugment
+from training.data.camvid import CamVidScenes
 from training.data.cityscapes import CityscapesScenes
 from training.data.procedural import ProceduralScenes
 from training.data.sample import SceneSample
@@ -18,22 +20,42 @@ from training.targets import build_targets
 
 
 class SceneSource(Protocol):
-    """Any dataset of `SceneSample`s (`ProceduralScenes`, `CityscapesScenes`, `DiskScenes`)."""
+    """Any dataset of `SceneSample`s: `ProceduralScenes`, `CamVidScenes`, `CityscapesScenes`, `DiskScenes`."""
 
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> SceneSample: ...
 
 
-def build_scenes(config: DataConfig, split: str) -> SceneSource:
-    """The scenes of ``split`` ("train" or "val") for the configured source."""
-    if config.source == "cityscapes":
+def build_scenes(config: DataConfig, split: str, source: str | None = None) -> SceneSource:
+    """The scenes of ``split`` ("train" or "val") of ``source`` (default: ``config.source``)."""
+    source = source or config.source
+    height, width = config.height, config.width
+    if source == "cityscapes":
         assert config.root is not None
-        return CityscapesScenes(config.root, split=split, height=config.height, width=config.width)
+        return CityscapesScenes(config.root, split=split, height=height, width=width)
+    if source == "camvid":
+        return CamVidScenes(config.resolved_camvid_root(), split=split, height=height, width=width)
     count = config.train_count if split == "train" else config.val_count
-    return ProceduralScenes(
-        split=split, seed=config.seed, count=count, height=config.height, width=config.width
-    )
+    return ProceduralScenes(split=split, seed=config.seed, count=count, height=height, width=width)
+
+
+def samples_per_batch(shares: dict[str, float], batch_size: int) -> dict[str, int]:
+    """Split ``batch_size`` by ``shares`` (summing to 1), largest remainder first; each gets >= 1.
+
+    >>> samples_per_batch({"procedural": 0.5, "camvid": 0.5}, 8)
+    {'procedural': 4, 'camvid': 4}
+    """
+    exact = {name: share * batch_size for name, share in shares.items()}
+    counts = {name: max(1, int(value)) for name, value in exact.items()}
+    by_remainder = sorted(shares, key=lambda name: exact[name] - int(exact[name]), reverse=True)
+    for name in by_remainder:
+        if sum(counts.values()) >= batch_size:
+            break
+        counts[name] += 1
+    if sum(counts.values()) != batch_size:
+        raise ValueError(f"cannot split a batch of {batch_size} into shares {shares}")
+    return counts
 
 
 def flip_sample(sample: SceneSample) -> SceneSample:
@@ -64,11 +86,13 @@ class TaskDataset(Dataset[dict[str, Tensor]]):
     def __getitem__(self, key: int | tuple[int, bool]) -> dict[str, Tensor]:
         index, flip = key if isinstance(key, tuple) else (key, False)
         sample = self.scenes[index]
-        if flip:
-            sample = flip_sample(sample)
-        item = {name: torch.from_numpy(array) for name, array in build_targets(sample).items()}
-        item["image"] = torch.from_numpy(sample.image).permute(2, 0, 1).float().div_(255.0)
-        return item
+        return _task_item(flip_sample(sample) if flip else sample)
+
+
+def _task_item(sample: SceneSample) -> dict[str, Tensor]:
+    item = {name: torch.from_numpy(array) for name, array in build_targets(sample).items()}
+    item["image"] = torch.from_numpy(sample.image).permute(2, 0, 1).float().div_(255.0)
+    return item
 
 
 class StepSampler(Sampler[tuple[int, bool]]):
@@ -115,6 +139,110 @@ class StepSampler(Sampler[tuple[int, bool]]):
 
     def __len__(self) -> int:
         raise TypeError("StepSampler is endless; the trainer stops by step count")
+
+
+class TrainingSource:
+    """One source of a training mix: its scenes, samples per batch and augmentation.
+
+    With an ``augment``, samples are read at full size (``scenes.read``) and go through
+    it; without one they are taken as the source yields them (procedural scenes are
+    rendered at the training size and drawn fresh each time).
+    """
+
+    def __init__(
+        self, name: str, scenes: SceneSource, per_batch: int, augment: RealFrameAugment | None
+    ) -> None:
+        if augment is not None and not hasattr(scenes, "read"):
+            raise TypeError(f"source {name}: augmentation needs full-size frames (a read() method)")
+        self.name, self.scenes, self.per_batch, self.augment = name, scenes, per_batch, augment
+
+
+def build_training_sources(config: DataConfig, batch_size: int) -> list[TrainingSource]:
+    """The configured sources' training splits with their samples per batch."""
+    counts = samples_per_batch(config.sources(), batch_size)
+    sources = []
+    for name, count in counts.items():
+        augment = None
+        # Real frames are few; procedural scenes are new every time and Cityscapes
+        # frames are read at the training size (no full-size read to crop from).
+        if name == "camvid":
+            low, high = config.scale_range
+            augment = RealFrameAugment(config.height, config.width, (low, high), config.color_jitter)
+        sources.append(TrainingSource(name, build_scenes(config, "train", name), count, augment))
+    return sources
+
+
+class MixedTaskDataset(Dataset[dict[str, Tensor]]):
+    """`TaskDataset` over several sources, indexed by `MixedStepSampler` keys.
+
+    A key is ``(source, scene_index, flip, position)``; ``position`` (the sample's
+    place in that source's stream) seeds the augmentation, so a resumed run draws the
+    same crops and colours as an uninterrupted one.
+    """
+
+    def __init__(self, sources: list[TrainingSource], seed: int) -> None:
+        self.sources, self.seed = sources, seed
+
+    def __len__(self) -> int:
+        return sum(len(source.scenes) for source in self.sources)
+
+    def __getitem__(self, key: tuple[int, int, bool, int]) -> dict[str, Tensor]:
+        source_index, index, flip, position = key
+        source = self.sources[source_index]
+        if source.augment is not None:
+            rng = np.random.Generator(
+                np.random.PCG64(np.random.SeedSequence(self.seed, spawn_key=(source_index, position, 2)))
+            )
+            sample = source.augment(source.scenes.read(index), rng)  # type: ignore[attr-defined]
+        else:
+            sample = source.scenes[index]
+        return _task_item(flip_sample(sample) if flip else sample)
+
+
+class MixedStepSampler(Sampler[tuple[int, int, bool, int]]):
+    """Every batch holds ``per_batch[k]`` samples of source ``k``, each source in its own order.
+
+    Source ``k`` follows a `StepSampler` of its own (its own seed derived from ``seed``
+    and ``k``, its own epochs), so the order stays a pure function of the step and a
+    resumed run sees the same batches.
+    """
+
+    def __init__(
+        self,
+        sizes: list[int],
+        per_batch: list[int],
+        seed: int,
+        start_step: int = 0,
+        hflip: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.per_batch, self.start_step = per_batch, start_step
+        self.rank, self.world_size = rank, world_size
+        self.streams = [
+            StepSampler(size, count, _source_seed(seed, k), start_step, hflip, rank, world_size)
+            for k, (size, count) in enumerate(zip(sizes, per_batch, strict=True))
+        ]
+
+    def __iter__(self) -> Iterator[tuple[int, int, bool, int]]:
+        step = self.start_step
+        while True:
+            for k, (stream, count) in enumerate(zip(self.streams, self.per_batch, strict=True)):
+                first = (step * self.world_size + self.rank) * count
+                for j in range(first, first + count):
+                    index, flip = stream.sample(j)
+                    yield k, index, flip, j
+            step += 1
+
+    def __len__(self) -> int:
+        raise TypeError("MixedStepSampler is endless; the trainer stops by step count")
+
+
+def _source_seed(seed: int, source_index: int) -> int:
+    # Source 0 keeps the run's seed, so a one-source mix orders its scenes like a plain run.
+    if source_index == 0:
+        return seed
+    return int(np.random.SeedSequence(seed, spawn_key=(source_index,)).generate_state(1)[0])
 
 
 def batch_to(batch: dict[str, Any], device: torch.device, channels_last: bool = False) -> dict[str, Tensor]:

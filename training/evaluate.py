@@ -11,14 +11,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from training.checkpoint import CheckpointError, model_from_checkpoint
+from training.data.camvid import CAMVID_CLASSES, CAMVID_VOID, CamVidScenes, train_id_to_camvid
 from training.data.cityscapes import CityscapesScenes
-from training.data.classes import CLASSES, IGNORE_INDEX
+from training.data.classes import CLASSES, IGNORE_INDEX, is_thing_table
 from training.data.procedural import SPLITS, ProceduralScenes
 from training.data.sample import DataConfigError
 from training.data.visualize import colorize_inverse_depth, colorize_semantic
@@ -60,35 +62,123 @@ def baseline_metrics(
 ) -> dict[str, Any]:
     """Metrics of trivial constant predictions, the floor a model must clear.
 
-    From ``train_scenes``: the majority class over labelled pixels, and the mean inverse
-    depth over valid pixels (sky counts, at 0). On ``scenes`` every pixel is predicted
-    as that class, with zero instance offsets and that inverse depth.
+    From ``train_scenes``: the majority class over labelled pixels, and the median
+    inverse depth over valid pixels (sky counts, at 0), the constant with the smallest
+    mean absolute error, which is the metric. On ``scenes`` every pixel is predicted as
+    that class, with zero instance offsets and that inverse depth.
     """
     counts = torch.zeros(256, dtype=torch.float64)
-    inverse_sum, inverse_count = 0.0, 0
+    inverse_depths = []
     for batch in DataLoader(TaskDataset(train_scenes), batch_size=batch_size):
         labels = batch["semantic"][batch["semantic"] != IGNORE_INDEX]
         counts += torch.bincount(labels.flatten(), minlength=256).double()
-        valid = batch["depth_mask"]
-        inverse_sum += batch["inverse_depth"][valid].double().sum().item()
-        inverse_count += int(valid.sum().item())
+        inverse_depths.append(batch["inverse_depth"][batch["depth_mask"]].numpy())
     majority = int(counts.argmax().item())
-    mean_inverse = inverse_sum / max(inverse_count, 1)
+    measured = np.concatenate(inverse_depths)
+    median_inverse = float(np.median(measured)) if measured.size else 0.0
     metrics = SceneMetrics()
     for batch in DataLoader(TaskDataset(scenes), batch_size=batch_size):
         n, _, h, w = batch["image"].shape
         constant = {
             "semantic": torch.full((n, h, w), majority, dtype=torch.long),
             "instance_offsets": torch.zeros(n, 2, h, w),
-            "inverse_depth": torch.full((n, 1, h, w), mean_inverse),
+            "inverse_depth": torch.full((n, 1, h, w), median_inverse),
         }
         metrics.update(constant, batch)
     return {
         "majority_class": CLASSES[majority].name,
-        "mean_inverse_depth": mean_inverse,
+        "median_inverse_depth": median_inverse,
         "train_scenes": len(train_scenes),
         **metrics.compute(),
     }
+
+
+@torch.no_grad()
+def evaluate_camvid(
+    model: nn.Module,
+    scenes: CamVidScenes,
+    *,
+    batch_size: int = 8,
+    device: torch.device | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Semantic scores of ``model`` on CamVid frames, in CamVid's own 11 classes.
+
+    Each frame goes in as the service sends it (resized to the training size); the
+    logits are resized bilinearly back to the frame's full size, the argmax is mapped
+    onto CamVid's classes (`train_id_to_camvid`) and compared with the original labels,
+    void pixels excluded. ``camvid_miou`` is the mean IoU over the 11 classes (percent);
+    ``camvid_iou_per_class`` maps each class to its IoU; ``camvid_global_accuracy`` is
+    the percent of labelled pixels right.
+    """
+    device = device or torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    to_camvid = torch.from_numpy(train_id_to_camvid().astype(np.int64)).to(device)
+    classes = len(CAMVID_CLASSES)
+    confusion = torch.zeros(classes, classes, dtype=torch.int64, device=device)
+    starts = range(0, len(scenes), batch_size)
+    for start in tqdm(starts, desc="CamVid", unit="batch", disable=not progress, file=sys.stderr):
+        indices = range(start, min(start + batch_size, len(scenes)))
+        images = np.stack([scenes[i].image for i in indices])
+        batch = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+        logits = model(batch)["semantic_logits"].float()
+        for row, index in enumerate(indices):
+            labels = torch.from_numpy(scenes.camvid_labels(index).astype(np.int64)).to(device)
+            full = F.interpolate(
+                logits[row : row + 1], size=labels.shape, mode="bilinear", align_corners=False
+            )
+            predicted = to_camvid[full[0].argmax(0)]
+            valid = labels != CAMVID_VOID
+            pairs = labels[valid] * classes + predicted[valid]
+            confusion += torch.bincount(pairs, minlength=classes * classes).view(classes, classes)
+    model.train(was_training)
+    true_positive = confusion.diag().double()
+    union = confusion.sum(0).double() + confusion.sum(1).double() - true_positive
+    iou = torch.where(union > 0, true_positive / union.clamp(min=1), torch.nan) * 100
+    per_class = {
+        name: None if torch.isnan(value) else round(float(value), 2)
+        for name, value in zip(CAMVID_CLASSES, iou, strict=True)
+    }
+    return {
+        "camvid_miou": float(iou.nanmean()),
+        "camvid_global_accuracy": float(true_positive.sum() / confusion.sum().clamp(min=1) * 100),
+        "camvid_iou_per_class": per_class,
+        "frames": len(scenes),
+    }
+
+
+@torch.no_grad()
+def camvid_prediction_grid(
+    model: nn.Module, scenes: CamVidScenes, count: int = 4, with_data: bool = False
+) -> Image.Image:
+    """Rows of the model's classes, instance offsets (on predicted things) and inverse depth.
+
+    ``with_data`` puts the frame and its labels in front; leave it off for pictures that
+    are to be published, since CamVid's frames and labels may not be redistributed.
+    """
+    model.eval()
+    things = torch.from_numpy(is_thing_table())
+    rows, titles = (
+        [],
+        (["image", "labels"] if with_data else []) + ["classes", "instance offsets", "inv. depth"],
+    )
+    for i in range(min(count, len(scenes))):
+        sample = scenes[i]
+        image = torch.from_numpy(sample.image).permute(2, 0, 1).float().div_(255.0)
+        outputs = model(image[None])
+        classes = outputs["semantic_logits"][0].argmax(0)
+        thing_pixels = things[classes].numpy()
+        panels = [
+            colorize_semantic(classes.numpy().astype(np.uint8)),
+            colorize_offsets(outputs["instance_offsets"][0].numpy(), thing_pixels),
+            colorize_inverse_depth(outputs["inverse_depth"][0, 0].numpy()),
+        ]
+        if with_data:
+            panels = [sample.image, colorize_semantic(sample.semantic), *panels]
+        gap = np.full((sample.height, 2, 3), 255, dtype=np.uint8)
+        rows.append(np.concatenate([x for p in panels for x in (p, gap)][:-1], axis=1))
+    return _titled(rows, titles, scenes[0].width)
 
 
 @torch.no_grad()
@@ -117,13 +207,18 @@ def prediction_grid(model: nn.Module, scenes: SceneSource, count: int = 4) -> Im
         ]
         gap = np.full((sample.height, 2, 3), 255, dtype=np.uint8)
         rows.append(np.concatenate([x for p in panels for x in (p, gap)][:-1], axis=1))
-    titles = ("image", "semantic", "predicted", "offsets", "predicted", "inv. depth", "predicted")
+    titles = ["image", "semantic", "predicted", "offsets", "predicted", "inv. depth", "predicted"]
+    return _titled(rows, titles, scenes[0].width)
+
+
+def _titled(rows: list[npt.NDArray[np.uint8]], titles: list[str], panel_width: int) -> Image.Image:
+    """Stack ``rows`` of panels with a white gap and write ``titles`` above the columns."""
     body = np.concatenate([x for r in rows for x in (r, np.full((2, r.shape[1], 3), 255, np.uint8))][:-1])
     canvas = Image.new("RGB", (body.shape[1], body.shape[0] + 14), "white")
     canvas.paste(Image.fromarray(body), (0, 14))
     draw = ImageDraw.Draw(canvas)
     for i, title in enumerate(titles):
-        draw.text((i * (scenes[0].width + 2) + 4, 1), title, fill="black")
+        draw.text((i * (panel_width + 2) + 4, 1), title, fill="black")
     return canvas
 
 
@@ -159,6 +254,16 @@ def main(argv: list[str] | None = None) -> int:
         "--cityscapes", type=Path, help="evaluate on this Cityscapes root's val split instead"
     )
     parser.add_argument(
+        "--camvid",
+        type=Path,
+        help="also score this CamVid root's val split in CamVid's 11 classes (mIoU, per-class IoU)",
+    )
+    parser.add_argument(
+        "--camvid-grid",
+        type=Path,
+        help="PNG of the model's predictions on CamVid val frames (predictions only; with --camvid)",
+    )
+    parser.add_argument(
         "--baseline-scenes",
         type=int,
         default=200,
@@ -189,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
                 "seed": args.seed,
                 "count": args.count,
             }
+        camvid = CamVidScenes(args.camvid, split="val", height=h, width=w) if args.camvid else None
+        if args.camvid_grid and camvid is None:
+            raise DataConfigError("--camvid-grid needs --camvid ROOT")
     except (CheckpointError, DataConfigError) as error:
         print(f"scene-eval: error: {error}", file=sys.stderr)
         return 2
@@ -200,6 +308,13 @@ def main(argv: list[str] | None = None) -> int:
         "sigma": state["sigma"],
         **metrics,
     }
+    if camvid is not None:
+        report["camvid"] = {"root": str(args.camvid), "split": "val"} | evaluate_camvid(
+            model, camvid, batch_size=args.batch_size, progress=True
+        )
+        if args.camvid_grid:
+            args.camvid_grid.parent.mkdir(parents=True, exist_ok=True)
+            camvid_prediction_grid(model, camvid).save(args.camvid_grid)
     if not args.cityscapes and args.baseline_scenes:
         # The training split and seed of the checkpoint, so the constants are what a
         # model could have learned without looking at an image.
@@ -215,6 +330,12 @@ def main(argv: list[str] | None = None) -> int:
         f"mIoU {metrics['semantic_miou']:.1f}%  instance error {metrics['instance_mean_error_px']:.2f} px  "
         f"inverse-depth error {metrics['inverse_depth_mean_error']:.4f} 1/m  -> {args.out}, {grid_path}"
     )
+    if "camvid" in report:
+        scores = report["camvid"]
+        per_class = "  ".join(
+            f"{k} {v:.1f}" for k, v in scores["camvid_iou_per_class"].items() if v is not None
+        )
+        print(f"CamVid val ({scores['frames']} frames): mIoU {scores['camvid_miou']:.1f}%  [{per_class}]")
     if "baselines" in report:
         base = report["baselines"]
         print(

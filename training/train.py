@@ -30,11 +30,17 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from training.config import ConfigError, LossConfig, TrainConfig, load_config
+from training.config import ConfigError, LossConfig, OptimConfig, TrainConfig, load_config
 from training.data.sample import DataConfigError
-from training.dataset import StepSampler, TaskDataset, batch_to, build_scenes
+from training.dataset import (
+    MixedStepSampler,
+    MixedTaskDataset,
+    batch_to,
+    build_scenes,
+    build_training_sources,
+)
 from training.evaluate import evaluate
-from training.losses import task_losses
+from training.losses import labelled_tasks, task_losses
 from training.model import SceneModel
 from training.weighting import TASKS, LossWeighting, NonFiniteLossError, build_weighting, check_finite
 
@@ -75,7 +81,8 @@ class Objective(nn.Module):
             outputs = self.model(batch["image"])
         # Losses in float32 whatever the autocast precision.
         losses = task_losses({k: v.float() for k, v in outputs.items()}, batch)
-        total, _ = self.weighting({t: losses[t] for t in self.weighting.tasks})
+        tasks = self.weighting.tasks
+        total, _ = self.weighting({t: losses[t] for t in tasks}, labelled_tasks(batch, tasks))
         return total, losses
 
 
@@ -127,6 +134,27 @@ def poly_lr(optimizer: torch.optim.Optimizer, step: int, total_steps: int, power
     for group in optimizer.param_groups:
         group["lr"] = group["base_lr"] * factor
     return float(optimizer.param_groups[0]["lr"])
+
+
+def clip_gradients(model: nn.Module, weighting: LossWeighting, optim: OptimConfig, step: int) -> None:
+    """Clip the network's gradient norm and, separately, each log-variance's gradient.
+
+    The two never share a norm: clipped together, a large network gradient would
+    scale the s_i's gradients down with it (by the network's clip factor, most in the
+    first steps) and slow σ for reasons that have nothing to do with the task losses.
+    Raises `NonFiniteLossError` before a non-finite update can reach the weights.
+    """
+    network_norm = nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip_norm or math.inf)
+    log_variance_grads = [p.grad for p in weighting.parameters() if p.grad is not None]
+    weighting_norm = nn.utils.get_total_norm(log_variance_grads)
+    if not (torch.isfinite(network_norm) and torch.isfinite(weighting_norm)):
+        raise NonFiniteLossError(
+            f"non-finite gradient at step {step} (network norm {network_norm.item()}, "
+            f"log-variance norm {weighting_norm.item()})"
+        )
+    if optim.log_variance_grad_clip is not None:
+        for grad in log_variance_grads:
+            grad.clamp_(-optim.log_variance_grad_clip, optim.log_variance_grad_clip)
 
 
 def setup_runtime(config: TrainConfig) -> Runtime:
@@ -197,10 +225,10 @@ def train(config: TrainConfig, runtime: Runtime) -> dict[str, Any]:
         unused = set(TASKS) - set(weighting.tasks)
         objective = DistributedDataParallel(objective, find_unused_parameters=bool(unused))
 
-    train_scenes = build_scenes(config.data, "train")
-    sampler = StepSampler(
-        len(train_scenes),
-        config.batch_size,
+    sources = build_training_sources(config.data, config.batch_size)
+    sampler = MixedStepSampler(
+        [len(source.scenes) for source in sources],
+        [source.per_batch for source in sources],
         config.seed,
         start_step,
         config.data.hflip,
@@ -208,7 +236,7 @@ def train(config: TrainConfig, runtime: Runtime) -> dict[str, Any]:
         runtime.world_size,
     )
     loader = DataLoader(
-        TaskDataset(train_scenes),
+        MixedTaskDataset(sources, config.seed),
         batch_size=config.batch_size,
         sampler=sampler,
         num_workers=config.data.workers,
@@ -240,12 +268,7 @@ def train(config: TrainConfig, runtime: Runtime) -> dict[str, Any]:
         check_finite({t: losses[t] for t in weighting.tasks}, step)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
-        # The norm is needed anyway to refuse a non-finite update before it reaches the weights.
-        gradient_norm = nn.utils.clip_grad_norm_(
-            objective.parameters(), config.optim.grad_clip_norm or math.inf
-        )
-        if not torch.isfinite(gradient_norm):
-            raise NonFiniteLossError(f"non-finite gradient at step {step} (norm {gradient_norm.item()})")
+        clip_gradients(model, weighting, config.optim, step)
         optimizer.step()
         window_images += config.batch_size * runtime.world_size
         done = step + 1

@@ -33,7 +33,12 @@ def test_trivial_baselines_predict_constants_learned_from_training_scenes(tmp_pa
     assert base["majority_class"] == CLASSES[int(counts.argmax())].name
     # One class right of the ten or so present.
     assert 0 < base["semantic_miou"] < 20 and base["pixel_accuracy"] > base["semantic_miou"]
-    assert 0 < base["mean_inverse_depth"] < 1
+    # The median (the best constant under the L1 metric), not the mean.
+    measured = []
+    for i in range(len(train)):
+        inverse, valid = train[i].inverse_depth()
+        measured.append(inverse[valid])
+    assert base["median_inverse_depth"] == pytest.approx(float(np.median(np.concatenate(measured))), rel=1e-6)
     # Zero offsets: the error is the mean distance of instance pixels from their centroid.
     assert base["instance_mean_error_px"] > 1
 
@@ -106,3 +111,71 @@ def test_loading_a_checkpoint_never_runs_pickled_code(
     with pytest.raises(CheckpointError):
         load_checkpoint(path)
     assert "this code ran" not in capsys.readouterr().out
+
+
+class _ColourModel(torch.nn.Module):
+    """Predicts each pixel's class from its colour, with the fixture's colour table."""
+
+    def __init__(self, lookup: dict[tuple[int, int, int], int]) -> None:
+        super().__init__()
+        self.lookup = lookup
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        n, _, h, w = images.shape
+        pixels = (images * 255).round().to(torch.int64).permute(0, 2, 3, 1).reshape(-1, 3).tolist()
+        classes = torch.tensor([self.lookup.get(tuple(p), 0) for p in pixels]).view(n, h, w)
+        logits = torch.nn.functional.one_hot(classes, 19).permute(0, 3, 1, 2).float() * 10
+        return {
+            "semantic_logits": logits,
+            "instance_offsets": torch.zeros(n, 2, h, w),
+            "inverse_depth": torch.zeros(n, 1, h, w),
+        }
+
+
+def test_camvid_scores_are_in_camvid_classes_at_full_resolution(camvid_root: Path) -> None:
+    from training.data.camvid import CAMVID_CLASSES, CamVidScenes
+    from training.evaluate import evaluate_camvid
+
+    # At the frame's own size, a model that reads the class off the colour is perfect.
+    scenes = CamVidScenes(camvid_root, "train", height=36, width=48)
+    lookup = {}
+    for i in range(len(scenes)):
+        sample = scenes[i]
+        for colour, label in zip(sample.image.reshape(-1, 3).tolist(), sample.semantic.ravel(), strict=True):
+            if label != 255:
+                lookup[tuple(colour)] = int(label)
+    perfect = evaluate_camvid(_ColourModel(lookup), scenes, batch_size=2)
+    assert perfect["camvid_miou"] == pytest.approx(100.0)
+    assert set(perfect["camvid_iou_per_class"]) == set(CAMVID_CLASSES)
+
+    # Every pixel "truck" counts as CamVid's car: car IoU = car pixels / labelled pixels.
+    scores = evaluate_camvid(_TruckModel(), scenes)
+    labels = np.concatenate([scenes.camvid_labels(i).ravel() for i in range(len(scenes))])
+    labelled = labels[labels != 11]
+    assert scores["camvid_iou_per_class"]["car"] == pytest.approx(100 * np.mean(labelled == 8), abs=0.01)
+    assert scores["camvid_iou_per_class"]["road"] == 0.0
+    assert scores["camvid_miou"] == pytest.approx(scores["camvid_iou_per_class"]["car"] / 11, abs=0.01)
+
+
+class _TruckModel(torch.nn.Module):
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        n, _, h, w = images.shape
+        logits = torch.zeros(n, 19, h, w)
+        logits[:, 14] = 1.0  # truck
+        return {"semantic_logits": logits}
+
+
+def test_scene_eval_reports_camvid_beside_procedural_metrics(
+    checkpoint: Path, camvid_root: Path, tmp_path: Path
+) -> None:
+    out, grid = tmp_path / "eval.json", tmp_path / "camvid.png"
+    args = ["--checkpoint", str(checkpoint), "--count", "2", "--out", str(out), "--baseline-scenes", "0"]
+    assert eval_main([*args, "--camvid", str(camvid_root), "--camvid-grid", str(grid)]) == 0
+    report = json.loads(out.read_text())
+    assert isinstance(report["semantic_miou"], float)  # the procedural test metrics
+    camvid = report["camvid"]
+    assert camvid["split"] == "val" and camvid["frames"] == 1
+    assert 0 <= camvid["camvid_miou"] <= 100
+    assert len(camvid["camvid_iou_per_class"]) == 11
+    with Image.open(grid) as picture:
+        assert picture.width == 3 * 128 + 2 * 2  # classes, instance offsets, depth; no CamVid pixels

@@ -171,6 +171,11 @@ def test_non_finite_loss_stops_with_task_and_step_and_keeps_last_checkpoint(
         ("optim.momentun=0.9", "valid keys here"),
         ("data.source=cityscapes", "data.root"),
         ("optim.grad_clip_norm=-1", "optim.grad_clip_norm"),
+        ("optim.log_variance_grad_clip=0", "optim.log_variance_grad_clip"),
+        ("data.mix={procedural: 1, lidar: 1}", "data.mix.lidar: unknown source"),
+        ("data.mix={procedural: 1, camvid: 0}", "data.mix.camvid: share must be positive"),
+        ("data.mix={camvid: 1}", "must be one of data.mix's sources"),
+        ("data.scale_range=[2, 1]", "data.scale_range"),
         ("model.backbone_weights=/no/such/file.pt", "/no/such/file.pt"),
     ],
 )
@@ -272,3 +277,47 @@ def test_a_single_process_picks_the_gpu_it_is_told(
         monkeypatch.delenv(name, raising=False)
     runtime = setup_runtime(load_config(SMOKE, [f"device={device}"]))
     assert runtime.device == torch.device("cuda", index) and chosen == [runtime.device]
+
+
+def test_camvid_without_a_location_names_both_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SCENE_CAMVID_ROOT", raising=False)
+    assert train(tmp_path, "data.mix={procedural: 0.5, camvid: 0.5}", "batch_size=4") == 2
+    err = capsys.readouterr().err
+    assert "data.camvid_root" in err and "SCENE_CAMVID_ROOT" in err and "Traceback" not in err
+
+
+def test_two_source_training_runs_and_resumes_exactly(tmp_path: Path, camvid_root: Path) -> None:
+    mix = ["data.mix={procedural: 0.5, camvid: 0.5}", f"data.camvid_root={camvid_root}", "batch_size=4"]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert train(whole, *mix) == 0
+    rows = read_log(whole)
+    assert len(rows) == 6
+    assert all(math.isfinite(r[f"sigma_{t}"]) for r in rows for t in ("semantic", "instance", "depth"))
+    assert train(split, *mix, "stop_at=3") == 0
+    assert train(split, *mix, f"resume={split / 'last.pt'}") == 0
+    a, b = load_checkpoint(whole / "last.pt"), load_checkpoint(split / "last.pt")
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert a["sigma"] == b["sigma"]
+
+
+def test_clipping_bounds_the_network_and_leaves_log_variances_to_their_own_bound() -> None:
+    from training.config import OptimConfig
+    from training.train import clip_gradients
+    from training.weighting import build_weighting
+
+    network = torch.nn.Linear(4, 4)
+    weighting = build_weighting("uncertainty")
+    for p in network.parameters():
+        p.grad = torch.full_like(p, 100.0)
+    grads = {"semantic": -0.3, "instance": -40.0, "depth": 0.5}
+    for task, value in grads.items():
+        weighting.get_parameter(f"task_log_variance.{task}").grad = torch.tensor(value)
+    clip_gradients(network, weighting, OptimConfig(grad_clip_norm=1.0, log_variance_grad_clip=5.0), step=0)
+    norm = torch.cat([p.grad.flatten() for p in network.parameters() if p.grad is not None]).norm()
+    assert norm.item() == pytest.approx(1.0, rel=1e-4)
+    after = {t: weighting.get_parameter(f"task_log_variance.{t}").grad.item() for t in grads}  # type: ignore[union-attr]
+    # Not scaled by the network's clip factor (1/400 here); only the spike is bounded.
+    assert after == pytest.approx({"semantic": -0.3, "instance": -5.0, "depth": 0.5})
