@@ -8,7 +8,7 @@ by three decoders, each a 3x3 convolution to 256 channels, batch norm, ReLU and 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,9 +134,6 @@ class SceneModel(nn.Module):
             "inverse_depth": decode(self.depth_head),
         }
 
-    def heads(self) -> dict[str, nn.Module]:
-        return {"semantic": self.semantic_head, "instance": self.instance_head, "depth": self.depth_head}
-
 
 def load_backbone_weights(backbone: nn.Module, path: Path) -> None:
     """Load a local state dict into ``backbone``, tolerating a torchvision-style key prefix."""
@@ -162,9 +159,3 @@ def _strip_prefix(key: str, own: dict[str, Tensor]) -> str:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def image_batch(images: Sequence[Tensor] | Tensor) -> Tensor:
-    """``uint8 [N, H, W, 3]`` (or a list of ``[H, W, 3]``) to the model's ``float32 [N, 3, H, W]``."""
-    batch = torch.stack(list(images)) if not isinstance(images, Tensor) else images
-    return batch.permute(0, 3, 1, 2).float().div_(255.0)

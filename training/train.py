@@ -56,8 +56,8 @@ LOG_COLUMNS = (
 
 
 @dataclass
-class Runtime:
-    """Where this process runs: its rank among ``world_size`` and its device."""
+class Placement:
+    """Where this training process runs: its rank among ``world_size`` and its device."""
 
     rank: int
     world_size: int
@@ -66,6 +66,10 @@ class Runtime:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.device.type == "cuda"
 
 
 class Objective(nn.Module):
@@ -157,7 +161,7 @@ def clip_gradients(model: nn.Module, weighting: LossWeighting, optim: OptimConfi
             grad.clamp_(-optim.log_variance_grad_clip, optim.log_variance_grad_clip)
 
 
-def setup_runtime(config: TrainConfig) -> Runtime:
+def setup_placement(config: TrainConfig) -> Placement:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -175,56 +179,88 @@ def setup_runtime(config: TrainConfig) -> Runtime:
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Runtime(rank, world_size, device)
+    return Placement(rank, world_size, device)
 
 
-def train(config: TrainConfig, runtime: Runtime) -> dict[str, Any]:
-    """Run the whole recipe; returns the final validation metrics."""
-    run_dir = Path(config.run_dir)
+@dataclass
+class TrainingState:
+    """What a run trains and checkpoints: the network, its loss weighting and their optimiser."""
+
+    model: SceneModel
+    weighting: LossWeighting
+    optimizer: torch.optim.SGD
+
+
+def train(config: TrainConfig, placement: Placement) -> dict[str, Any]:
+    """The recipe; returns the final validation metrics ({} when ``stop_at`` pauses the run).
+
+    Resuming reproduces an uninterrupted run exactly, which fixes the order below:
+    the seed, then the model's random initialisation, then the checkpoint's RNG state.
+    """
     torch.manual_seed(config.seed)
-    on_cuda = runtime.device.type == "cuda"
+    state = build_training_state(config, placement)
+    end_step = config.stop_at or config.steps
+    start_step = resume(config, placement, state, end_step) if config.resume else 0
+    objective = build_objective(state, placement)
+    loader = build_loader(config, placement, start_step)
+    train_steps(config, placement, state, objective, loader, start_step, end_step)
+    if end_step < config.steps:
+        pause(config, placement, state, end_step)
+        return {}
+    return finish(config, placement, state)
+
+
+def build_training_state(config: TrainConfig, placement: Placement) -> TrainingState:
     try:
-        model = SceneModel(config.model).to(runtime.device)
+        model = SceneModel(config.model).to(placement.device)
     except (FileNotFoundError, ValueError) as error:
         raise ConfigError(str(error)) from None
-    if on_cuda:
+    if placement.on_cuda:
         model = model.to(memory_format=torch.channels_last)
-    weighting = build_weighting_from_config(config.loss).to(runtime.device)
-    optimizer = build_optimizer(model, weighting, config)
+    weighting = build_weighting_from_config(config.loss).to(placement.device)
+    return TrainingState(model, weighting, build_optimizer(model, weighting, config))
 
-    start_step = 0
-    end_step = config.stop_at or config.steps
-    if config.resume:
-        state = load_checkpoint(config.resume)
-        try:
-            model.load_state_dict(state["model"])
-            weighting.load_state_dict(state["weighting"])
-            if state["optimizer"] is not None:
-                optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as error:
-            saved: TrainConfig = state["config"]
-            raise CheckpointError(
-                f"resume: {config.resume} does not fit this config (it has backbone "
-                f"{saved.model.backbone}, strategy {saved.loss.strategy}, tasks {saved.loss.tasks}): "
-                f"{str(error).splitlines()[0]}"
-            ) from None
-        apply_optim_settings(optimizer, config)
-        torch.set_rng_state(state["rng"]["torch"])
-        if on_cuda and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        start_step = int(state["step"])
-        if start_step >= end_step:
-            raise ConfigError(
-                f"resume: {config.resume} is already at step {start_step} of "
-                + (f"stop_at={config.stop_at}" if end_step < config.steps else f"steps={config.steps}")
-            )
 
-    objective: nn.Module = Objective(model, weighting)
-    if runtime.world_size > 1:
+def resume(config: TrainConfig, placement: Placement, state: TrainingState, end_step: int) -> int:
+    """Load ``config.resume`` into ``state`` (weights, optimiser, RNG); returns its step."""
+    assert config.resume is not None
+    saved = load_checkpoint(config.resume)
+    try:
+        state.model.load_state_dict(saved["model"])
+        state.weighting.load_state_dict(saved["weighting"])
+        if saved["optimizer"] is not None:
+            state.optimizer.load_state_dict(saved["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        other: TrainConfig = saved["config"]
+        raise CheckpointError(
+            f"resume: {config.resume} does not fit this config (it has backbone "
+            f"{other.model.backbone}, strategy {other.loss.strategy}, tasks {other.loss.tasks}): "
+            f"{str(error).splitlines()[0]}"
+        ) from None
+    apply_optim_settings(state.optimizer, config)
+    torch.set_rng_state(saved["rng"]["torch"])
+    if placement.on_cuda and "cuda" in saved["rng"]:
+        torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+    start_step = int(saved["step"])
+    if start_step >= end_step:
+        raise ConfigError(
+            f"resume: {config.resume} is already at step {start_step} of "
+            + (f"stop_at={config.stop_at}" if end_step < config.steps else f"steps={config.steps}")
+        )
+    return start_step
+
+
+def build_objective(state: TrainingState, placement: Placement) -> nn.Module:
+    objective: nn.Module = Objective(state.model, state.weighting)
+    if placement.world_size > 1:
         # A task with zero weight leaves its head without gradient; DDP must be told to expect that.
-        unused = set(TASKS) - set(weighting.tasks)
+        unused = set(TASKS) - set(state.weighting.tasks)
         objective = DistributedDataParallel(objective, find_unused_parameters=bool(unused))
+    return objective
 
+
+def build_loader(config: TrainConfig, placement: Placement, start_step: int) -> DataLoader[dict[str, Tensor]]:
+    """Batches of every configured source from ``start_step`` on, this process's share of each."""
     sources = build_training_sources(config.data, config.batch_size)
     sampler = MixedStepSampler(
         [len(source.scenes) for source in sources],
@@ -232,103 +268,142 @@ def train(config: TrainConfig, runtime: Runtime) -> dict[str, Any]:
         config.seed,
         start_step,
         config.data.hflip,
-        runtime.rank,
-        runtime.world_size,
+        placement.rank,
+        placement.world_size,
     )
-    loader = DataLoader(
+    return DataLoader(
         MixedTaskDataset(sources, config.seed),
         batch_size=config.batch_size,
         sampler=sampler,
         num_workers=config.data.workers,
-        pin_memory=on_cuda,
+        pin_memory=placement.on_cuda,
         persistent_workers=config.data.workers > 0,
         # Its own generator: drawing worker seeds from the global RNG would shift the
         # dropout masks of a resumed run away from those of an uninterrupted one.
         generator=torch.Generator().manual_seed(config.seed),
     )
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda and config.amp else nullcontext()
 
-    log = _Log(run_dir, start_step) if runtime.is_main else None
+
+def train_steps(
+    config: TrainConfig,
+    placement: Placement,
+    state: TrainingState,
+    objective: nn.Module,
+    loader: DataLoader[dict[str, Tensor]],
+    start_step: int,
+    end_step: int,
+) -> None:
+    """Steps ``start_step`` to ``end_step``: update, log, checkpoint and evaluate on schedule."""
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if placement.on_cuda and config.amp else nullcontext()
+    )
+    log = _Log(Path(config.run_dir), start_step) if placement.is_main else None
     progress = tqdm(
         total=end_step,
         initial=start_step,
         desc="training",
         unit="step",
         file=sys.stderr,
-        disable=not runtime.is_main,
+        disable=not placement.is_main,
         dynamic_ncols=True,
     )
     batches = iter(loader)
-    last_saved = run_dir / "last.pt"
     window_start, window_images = time.perf_counter(), 0
     for step in range(start_step, end_step):
-        lr = poly_lr(optimizer, step, config.steps, config.optim.poly_power)
-        batch = batch_to(next(batches), runtime.device, channels_last=on_cuda)
+        lr = poly_lr(state.optimizer, step, config.steps, config.optim.poly_power)
+        batch = batch_to(next(batches), placement.device, channels_last=placement.on_cuda)
         total, losses = objective(batch, autocast)
-        check_finite({t: losses[t] for t in weighting.tasks}, step)
-        optimizer.zero_grad(set_to_none=True)
+        check_finite({t: losses[t] for t in state.weighting.tasks}, step)
+        state.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        clip_gradients(model, weighting, config.optim, step)
-        optimizer.step()
-        window_images += config.batch_size * runtime.world_size
+        clip_gradients(state.model, state.weighting, config.optim, step)
+        state.optimizer.step()
+        window_images += config.batch_size * placement.world_size
         done = step + 1
-
         if log is not None and (done % config.log_every == 0 or done == end_step):
             elapsed = time.perf_counter() - window_start
-            sigma = weighting.sigma()
-            _, weights = _weights(weighting, losses)
-            row: dict[str, float] = {"step": done, "lr": lr, "loss_total": total.item()}
-            row |= {f"loss_{t}": losses[t].item() for t in TASKS}
-            row |= {f"sigma_{t}": sigma.get(t, math.nan) for t in TASKS}
-            row |= {f"weight_{t}": weights.get(t, 0.0) for t in TASKS}
-            row["images_per_s"] = window_images / elapsed if elapsed > 0 else math.nan
-            log.write(row)
-            progress.set_postfix_str(
-                " ".join(f"{t[:4]} {losses[t].item():.3f}/σ{sigma[t]:.2f}" for t in weighting.tasks)
-                + f" | {row['images_per_s']:.1f} img/s"
-            )
+            images_per_s = window_images / elapsed if elapsed > 0 else math.nan
+            log_step(log, progress, state.weighting, done, lr, total, losses, images_per_s)
             window_start, window_images = time.perf_counter(), 0
         progress.update(1)
-
-        if runtime.is_main and config.checkpoint_every and done % config.checkpoint_every == 0:
-            _save(last_saved, config, done, model, weighting, optimizer)
-            if config.keep_checkpoints:
-                _save(run_dir / f"step_{done:07d}.pt", config, done, model, weighting, optimizer)
-        if runtime.is_main and config.eval_every and done % config.eval_every == 0 and done < config.steps:
-            metrics = evaluate(
-                model,
-                build_scenes(config.data, "val"),
-                batch_size=config.batch_size,
-                device=runtime.device,
-                workers=config.data.workers,
-            )
-            _append_eval(run_dir, done, metrics)
+        if placement.is_main:
+            checkpoint_and_evaluate(config, placement, state, done)
     progress.close()
 
+
+def log_step(
+    log: _Log,
+    progress: tqdm[Any],
+    weighting: LossWeighting,
+    step: int,
+    lr: float,
+    total: Tensor,
+    losses: dict[str, Tensor],
+    images_per_s: float,
+) -> None:
+    """One ``log.csv`` row, and the progress bar's losses, σ and throughput."""
+    sigma = weighting.sigma()
+    _, weights = _weights(weighting, losses)
+    row: dict[str, float] = {"step": step, "lr": lr, "loss_total": total.item()}
+    row |= {f"loss_{t}": losses[t].item() for t in TASKS}
+    row |= {f"sigma_{t}": sigma.get(t, math.nan) for t in TASKS}
+    row |= {f"weight_{t}": weights.get(t, 0.0) for t in TASKS}
+    row["images_per_s"] = images_per_s
+    log.write(row)
+    progress.set_postfix_str(
+        " ".join(f"{t[:4]} {losses[t].item():.3f}/σ{sigma[t]:.2f}" for t in weighting.tasks)
+        + f" | {images_per_s:.1f} img/s"
+    )
+
+
+def checkpoint_and_evaluate(
+    config: TrainConfig, placement: Placement, state: TrainingState, step: int
+) -> None:
+    """``last.pt`` every ``checkpoint_every`` steps; validation every ``eval_every`` (not the last step)."""
+    run_dir = Path(config.run_dir)
+    if config.checkpoint_every and step % config.checkpoint_every == 0:
+        _save(run_dir / "last.pt", config, step, state)
+        if config.keep_checkpoints:
+            _save(run_dir / f"step_{step:07d}.pt", config, step, state)
+    if config.eval_every and step % config.eval_every == 0 and step < config.steps:
+        metrics = validate(config, placement, state.model)
+        _append_eval(run_dir, step, metrics)
+
+
+def validate(
+    config: TrainConfig, placement: Placement, model: SceneModel, progress: bool = False
+) -> dict[str, Any]:
+    return evaluate(
+        model,
+        build_scenes(config.data, "val"),
+        batch_size=config.batch_size,
+        device=placement.device,
+        workers=config.data.workers,
+        progress=progress,
+    )
+
+
+def pause(config: TrainConfig, placement: Placement, state: TrainingState, step: int) -> None:
+    """End this invocation at ``stop_at``: checkpoint, and say how to go on."""
+    if placement.is_main:
+        last = Path(config.run_dir) / "last.pt"
+        _save(last, config, step, state)
+        print(f"stopped at step {step} of {config.steps}; resume={last} goes on", file=sys.stderr)
+    if placement.world_size > 1:
+        dist.barrier()
+
+
+def finish(config: TrainConfig, placement: Placement, state: TrainingState) -> dict[str, Any]:
+    """Validate, write ``metrics.json``, the final checkpoint and ``sigma.png``."""
     final: dict[str, Any] = {}
-    if end_step < config.steps:
-        if runtime.is_main:
-            _save(last_saved, config, end_step, model, weighting, optimizer)
-            print(
-                f"stopped at step {end_step} of {config.steps}; resume={last_saved} goes on", file=sys.stderr
-            )
-        if runtime.world_size > 1:
-            dist.barrier()
-        return final
-    if runtime.is_main:
-        metrics = evaluate(
-            model,
-            build_scenes(config.data, "val"),
-            batch_size=config.batch_size,
-            device=runtime.device,
-            workers=config.data.workers,
-            progress=True,
-        )
-        final = {"step": config.steps, "sigma": weighting.sigma(), **metrics}
-        _save(last_saved, config, config.steps, model, weighting, optimizer, final)
+    if placement.is_main:
+        run_dir = Path(config.run_dir)
+        metrics = validate(config, placement, state.model, progress=True)
+        final = {"step": config.steps, "sigma": state.weighting.sigma(), **metrics}
+        _save(run_dir / "last.pt", config, config.steps, state, final)
         (run_dir / "metrics.json").write_text(json.dumps(final, indent=2))
         plot_sigma(run_dir / "log.csv", run_dir / "sigma.png")
-    if runtime.world_size > 1:
+    if placement.world_size > 1:
         dist.barrier()
     return final
 
@@ -343,22 +418,16 @@ def _weights(weighting: LossWeighting, losses: dict[str, Tensor]) -> tuple[Tenso
 
 
 def _save(
-    path: Path,
-    config: TrainConfig,
-    step: int,
-    model: SceneModel,
-    weighting: LossWeighting,
-    optimizer: torch.optim.Optimizer,
-    metrics: dict[str, Any] | None = None,
+    path: Path, config: TrainConfig, step: int, state: TrainingState, metrics: dict[str, Any] | None = None
 ) -> None:
     save_checkpoint(
         path,
         config=config,
         step=step,
-        model=model,
-        weighting=weighting,
-        optimizer=optimizer,
-        sigma=weighting.sigma(),
+        model=state.model,
+        weighting=state.weighting,
+        optimizer=state.optimizer,
+        sigma=state.weighting.sigma(),
         metrics=metrics,
     )
 
@@ -435,8 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config, args.overrides)
-        runtime = setup_runtime(config)
-        train(config, runtime)
+        train(config, setup_placement(config))
     except (ConfigError, CheckpointError, DataConfigError) as error:
         print(f"scene-train: error: {error}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ import torch
 
 from training.checkpoint import load_checkpoint
 from training.config import load_config
-from training.train import LOG_COLUMNS, main, setup_runtime
+from training.train import LOG_COLUMNS, main, setup_placement
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "smoke.yaml"
@@ -275,8 +275,8 @@ def test_a_single_process_picks_the_gpu_it_is_told(
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
-    runtime = setup_runtime(load_config(SMOKE, [f"device={device}"]))
-    assert runtime.device == torch.device("cuda", index) and chosen == [runtime.device]
+    placement = setup_placement(load_config(SMOKE, [f"device={device}"]))
+    assert placement.device == torch.device("cuda", index) and chosen == [placement.device]
 
 
 def test_camvid_without_a_location_names_both_settings(
