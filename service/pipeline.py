@@ -453,6 +453,7 @@ class Pipeline:
                     max_m=scale.max_m,
                     sky_value=scale.sky_value,
                     invalid_value=scale.invalid_value,
+                    beyond_range=scale.beyond_range,
                 )
             if options.overlay:
                 overlay = OverlayResult(
