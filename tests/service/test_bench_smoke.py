@@ -1,4 +1,5 @@
-"""bench/soak.py's smoke mode: every kind of request gets the answer it should, and none is a 5xx."""
+"""Smoke modes of the hardening benches: bench/soak.py sorts every kind of request correctly
+with no 5xx; bench/request_memory.py measures what a request costs per pixel."""
 
 from __future__ import annotations
 
@@ -29,3 +30,17 @@ def test_the_soak_smoke_run_sorts_every_request_correctly(model_path: Path, tmp_
     assert reasons.get("client_disconnected", 0) >= 1 and reasons.get("body_timeout", 0) >= 1
     assert "internal_error" not in reasons
     assert report["rss_peak_mb"] >= report["rss_baseline_mb"] > 0
+
+
+def test_the_request_memory_smoke_run_measures_per_pixel_costs(model_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "memory.json"
+    command = [sys.executable, "-m", "bench.request_memory", "--smoke", "--model", str(model_path)]
+    result = subprocess.run(
+        [*command, "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {row["accept"]: row for row in json.loads(out.read_text())["results"]}
+    assert {row["status"] for row in rows.values()} == {200}
+    # npz carries the raw maps: 5 (semantic) + 10 (instances) + 4 (depth) bytes per pixel.
+    assert 19 <= rows["npz"]["response_bytes_per_pixel"] < 19.5
+    assert rows["npz"]["peak_bytes_per_pixel"] > rows["npz"]["response_bytes_per_pixel"]
