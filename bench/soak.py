@@ -7,21 +7,24 @@ A real ``scene-serve`` process (one worker, CPU, 127.0.0.1, ``SCENE_BODY_TIMEOUT
 so stalled uploads resolve quickly) is driven with raw HTTP/1.1 over asyncio streams,
 so the client controls exactly when it stops sending or reading:
 
-1. warm-up: ``clients`` good requests each, then the server's RSS is the baseline;
+1. warm-up: a tenth as many requests as the mix (at least two per client), of the
+   same kinds; then the server's RSS is the baseline;
 2. the mix: ``count`` requests from ``clients`` concurrent clients, drawn with a fixed
    seed — 55% good street scenes (JSON), 10% good as npz, 10% corrupt bytes, 5% a
    4096x4096 PNG asking for npz maps (over the output budget), 5% a 200000x20 PNG,
    10% abandoned (the client closes right after sending), 5% stalled uploads (a third
-   of the declared body, then silence);
+   of the declared body, then silence); RSS is read after every tenth of it;
 3. abusive clients: ``abusive`` clients each ask for the largest maps the budget
-   allows (npz at the image's own size) and never read the answer, for ``hold_s``
-   seconds, while RSS is sampled; then they hang up;
-4. after: ``clients`` good requests again, then the RSS is read once more.
+   allows (npz of a 1920x1080 image at its own size) and never read the answer, for
+   ``hold_s`` seconds, while RSS is sampled every 100 ms; then they hang up;
+4. after: two good requests per client, then the RSS is read once more.
 
-Reported: RSS at the baseline, its peak over the run (the kernel's VmHWM) and at the
-end (``/proc``, so Linux only); outcomes by status and error code as the client saw
-them and as ``scene_errors_total`` counted them; p50/p99 of the good requests; and
-5xx answers other than 503. ``--smoke`` runs a few requests of each kind, for tests.
+Reported (RSS from ``/proc``, so Linux only): the baseline, the trace over the mix,
+growth over the mix, the peak during the abusive clients and over the whole run (the
+kernel's VmHWM), and the RSS at the end; outcomes by kind, status and error code as
+the clients saw them and ``scene_errors_total`` as the server counted them; p50/p99
+of the good requests of the mix; and 5xx answers other than 503. ``--smoke`` runs a
+few requests of each kind, for tests.
 """
 
 from __future__ import annotations
@@ -78,9 +81,12 @@ class Report:
     hold_s: float
     seconds: float
     rss_baseline_mb: float
-    rss_peak_mb: float
-    rss_after_mb: float
+    rss_trace_mb: list[float]
+    rss_after_mix_mb: float
     rss_growth_pct: float
+    rss_abusive_peak_mb: float
+    rss_peak_mb: float
+    rss_end_mb: float
     good_p50_ms: float
     good_p99_ms: float
     outcomes: dict[str, int] = field(default_factory=dict)
@@ -182,8 +188,9 @@ async def run_clients(
     return answers
 
 
-async def abusive_clients(port: int, count: int, hold_s: float, body: bytes) -> None:
-    """``count`` clients ask for the largest npz maps and read nothing for ``hold_s`` seconds."""
+async def abusive_clients(port: int, count: int, hold_s: float, body: bytes, pid: int) -> float:
+    """``count`` clients ask for the largest npz maps and read nothing for ``hold_s`` seconds;
+    the server's highest RSS meanwhile, sampled every 100 ms."""
     headers = {"Content-Type": "image/png", "Accept": "application/x-npz"}
     connections = []
     for _ in range(count):
@@ -191,9 +198,14 @@ async def abusive_clients(port: int, count: int, hold_s: float, body: bytes) -> 
         writer.write(request_bytes("/predict", body, headers))
         await writer.drain()
         connections.append((reader, writer))
-    await asyncio.sleep(hold_s)
+    peak = rss_mb(pid)
+    deadline = time.monotonic() + hold_s
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        peak = max(peak, rss_mb(pid))
     for _, writer in connections:
         writer.transport.abort()  # hang up with the answer unread
+    return peak
 
 
 def rss_mb(pid: int, field_name: str = "VmRSS") -> float:
@@ -280,16 +292,24 @@ def soak(
     bodies = Bodies(height, width, budget_side=(1920, 1080))
     rng = random.Random(seed)
     names, weights = zip(*KINDS.items(), strict=True)
+    warm_up = rng.choices(names, weights, k=max(2 * clients, count // 10))
     kinds = rng.choices(names, weights, k=count)
+    tenth = max(1, count // 10)
     started = time.perf_counter()
     with server(model, threads) as (port, pid):
-        asyncio.run(run_clients(port, ["good"] * clients * 2, clients, bodies, seed))
+        asyncio.run(run_clients(port, warm_up, clients, bodies, seed + 1))
         baseline = rss_mb(pid)
-        answers = asyncio.run(run_clients(port, kinds, clients, bodies, seed))
-        asyncio.run(abusive_clients(port, abusive, hold_s, bodies.largest))
+        answers, trace = [], []
+        for start in range(0, count, tenth):
+            answers += asyncio.run(
+                run_clients(port, kinds[start : start + tenth], clients, bodies, seed + start)
+            )
+            trace.append(round(rss_mb(pid), 1))
+        after_mix = rss_mb(pid)
+        abusive_peak = asyncio.run(abusive_clients(port, abusive, hold_s, bodies.largest, pid))
         time.sleep(1)  # let the server notice the hang-ups
-        asyncio.run(run_clients(port, ["good"] * clients * 2, clients, bodies, seed + 1))
-        after = rss_mb(pid)
+        asyncio.run(run_clients(port, ["good"] * clients * 2, clients, bodies, seed + 2))
+        end = rss_mb(pid)
         peak = rss_mb(pid, "VmHWM")
         reasons = error_counts(port)
     good = sorted(a.seconds * 1000 for kind, a in answers if kind in ("good", "good_npz") and a.status == 200)
@@ -301,9 +321,12 @@ def soak(
         hold_s=hold_s,
         seconds=round(time.perf_counter() - started, 1),
         rss_baseline_mb=round(baseline, 1),
+        rss_trace_mb=trace,
+        rss_after_mix_mb=round(after_mix, 1),
+        rss_growth_pct=round(100 * (after_mix - baseline) / baseline, 1),
+        rss_abusive_peak_mb=round(abusive_peak, 1),
         rss_peak_mb=round(peak, 1),
-        rss_after_mb=round(after, 1),
-        rss_growth_pct=round(100 * (after - baseline) / baseline, 1),
+        rss_end_mb=round(end, 1),
         good_p50_ms=round(statistics.median(good), 1) if good else float("nan"),
         good_p99_ms=round(good[min(len(good) - 1, int(0.99 * len(good)))], 1) if good else float("nan"),
         outcomes=dict(sorted(outcomes.items())),
