@@ -20,8 +20,8 @@ Back-pressure and cancellation:
   latency grow without bound;
 - a request that times out cancels its future; the batcher drops cancelled entries
   when it dequeues them and never sets a result on them, so nothing waits forever and
-  no result is kept for nobody (a client that disconnects is not noticed: its request
-  runs on, bounded by the timeout, and the answer is dropped);
+  no result is kept for nobody (a client that disconnects while its image waits is
+  cancelled the same way, by `service.disconnect`);
 - `stop` fails every queued request, and a batch still being collected, with
   `ShuttingDownError`.
 """

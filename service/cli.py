@@ -10,7 +10,9 @@ uvicorn's workers build their settings from it.
 With ``--workers`` above 1, each worker is a process with its own metrics; unless
 ``PROMETHEUS_MULTIPROC_DIR`` is already set, a fresh temporary directory is made for
 prometheus_client's multiprocess mode (and removed on exit), so /metrics reports the
-sum over all workers whichever worker answers the scrape.
+sum over all workers whichever worker answers the scrape. The model is checked once
+before the workers start, so a model that cannot be served ends the start with
+status 3, as a single worker's failed start does.
 """
 
 from __future__ import annotations
@@ -27,7 +29,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from service.metrics import MULTIPROC_ENV
+from service.runtime import ModelLoadError, open_model
 from service.settings import Settings, get_settings
+
+# uvicorn's exit status when the app fails to start (a single worker exits with it).
+STARTUP_FAILURE = 3
 
 
 def build_parser(defaults: Settings) -> argparse.ArgumentParser:
@@ -77,6 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 1:
         print("scene-serve: --workers must be at least 1", file=sys.stderr)
         return 2
+    if args.workers > 1:
+        # uvicorn's supervisor exits 0 when its workers fail to start; checking the model
+        # here (on the CPU, as the workers' first step does) stops a bad one with the
+        # message and exit status a single worker gives.
+        try:
+            open_model(model, ["CPUExecutionProvider"])
+        except ModelLoadError as error:
+            print(f"scene-serve: {error}", file=sys.stderr)
+            return STARTUP_FAILURE
     os.environ["SCENE_MODEL_PATH"] = str(model)
     os.environ["SCENE_HOST"] = args.host
     os.environ["SCENE_PORT"] = str(args.port)

@@ -48,13 +48,15 @@ class DepthEncoding:
 
     Attributes:
         scale_to_metres: metres per PNG unit (``DEPTH_SCALE_TO_METRES``).
-        min_m: nearest finite depth in the image before quantisation, metres; None if
-            no pixel has one (all sky or invalid).
-        max_m: farthest finite depth before quantisation, metres; None likewise. Larger
-            than the largest representable depth when some pixels saturated.
+        min_m: nearest finite depth in the image, metres, within what the PNG can
+            express (one step to ``DEPTH_MAX_VALUE`` steps); None if no pixel has one
+            (all sky or invalid).
+        max_m: farthest finite depth, metres, likewise clamped; None likewise.
         sky_value: PNG value of sky (inverse depth <= 0: infinitely far).
         invalid_value: PNG value of pixels without a valid prediction (non-finite
             inverse depth).
+        beyond_range: some pixels are farther than the PNG can express; they hold
+            ``DEPTH_MAX_VALUE``, and ``max_m`` is that depth ("this far or farther").
     """
 
     scale_to_metres: float
@@ -62,6 +64,7 @@ class DepthEncoding:
     max_m: float | None
     sky_value: int = DEPTH_SKY
     invalid_value: int = DEPTH_INVALID
+    beyond_range: bool = False
 
 
 def semantic_png(train_ids: npt.NDArray[np.uint8]) -> bytes:
@@ -98,10 +101,12 @@ def depth_png(inverse_depth: npt.NDArray[np.float32]) -> tuple[bytes, DepthEncod
     values[~near] = DEPTH_SKY
     values[~finite] = DEPTH_INVALID
     measured = depth[near & np.isfinite(depth)]
+    farthest = DEPTH_MAX_VALUE * DEPTH_SCALE_TO_METRES
     encoding = DepthEncoding(
         scale_to_metres=DEPTH_SCALE_TO_METRES,
-        min_m=float(measured.min()) if measured.size else None,
-        max_m=float(measured.max()) if measured.size else None,
+        min_m=float(np.clip(measured.min(), DEPTH_SCALE_TO_METRES, farthest)) if measured.size else None,
+        max_m=float(np.clip(measured.max(), DEPTH_SCALE_TO_METRES, farthest)) if measured.size else None,
+        beyond_range=bool((steps[near] > DEPTH_MAX_VALUE).any()),  # inf steps (overflow) included
     )
     return _png(Image.fromarray(values)), encoding
 

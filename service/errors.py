@@ -14,6 +14,15 @@ code                           status  when
 ``body_too_large``             413     body over ``max_body_bytes`` (by Content-Length,
                                        or counted while streaming)
 ``too_many_pixels``            413     image over ``max_pixels`` (decompression bomb guard)
+``image_too_wide``             413     image wider than ``max_width``
+``image_too_tall``             413     image taller than ``max_height``
+``output_too_large``           413     the maps asked for would be over
+                                       ``max_output_pixels`` (ask for
+                                       ``resolution=model`` or send a smaller image)
+``body_timeout``               408     the body did not arrive within
+                                       ``body_timeout_s``, or came slower than
+                                       ``body_min_rate``
+``aspect_ratio_too_large``     422     long side / short side over ``max_aspect_ratio``
 ``unsupported_media_type``     415     not multipart/form-data, image/png, image/jpeg
                                        or image/webp; or a real image in another format
 ``validation_error``           422     bad query parameter, or no ``image`` field
@@ -25,6 +34,9 @@ code                           status  when
                                        ``request_timeout_s``
 ``inference_failed``           500     ONNX Runtime raised on the request's batch
 ``internal_error``             500     a bug; the message is generic, the log has it
+``client_disconnected``        499     the client went away before its answer (nobody
+                                       receives this; it is logged in one line and
+                                       counted, never as a server error)
 =============================  ======  ================================================
 
 Every error increments ``scene_errors_total{reason=<code>}``.
@@ -39,6 +51,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from service import metrics
 
@@ -90,6 +103,43 @@ class BodyTooLargeError(ServiceError):
 class TooManyPixelsError(ServiceError):
     status_code = 413
     code = "too_many_pixels"
+
+
+class ImageTooWideError(ServiceError):
+    status_code = 413
+    code = "image_too_wide"
+
+
+class ImageTooTallError(ServiceError):
+    status_code = 413
+    code = "image_too_tall"
+
+
+class OutputTooLargeError(ServiceError):
+    status_code = 413
+    code = "output_too_large"
+
+
+class AspectRatioError(ServiceError):
+    status_code = 422
+    code = "aspect_ratio_too_large"
+
+
+class BodyTimeoutError(ServiceError):
+    """The body came too slowly; the connection is closed so a stalled sender frees its slot."""
+
+    status_code = 408
+    code = "body_timeout"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Connection": "close"})
+
+
+class ClientDisconnectedError(ServiceError):
+    """The client closed the connection; 499 is nginx's status for that (no one reads it)."""
+
+    status_code = 499
+    code = "client_disconnected"
 
 
 class UnsupportedMediaTypeError(ServiceError):
@@ -145,9 +195,17 @@ def error_response(
 _HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
 
-async def _service_error(_: Request, error: Exception) -> JSONResponse:
+async def _service_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, ServiceError)
+    if isinstance(error, ClientDisconnectedError):
+        logger.info("client disconnected: %s %s (%s)", request.method, request.url.path, error.message)
     return error_response(error.status_code, error.code, error.message, error.headers)
+
+
+async def _client_disconnect(request: Request, _: Exception) -> JSONResponse:
+    # Starlette raises ClientDisconnect when the peer goes away mid-body (its multipart
+    # parser included): the client's network, not a fault of ours.
+    return await _service_error(request, ClientDisconnectedError("while the body was being sent"))
 
 
 async def _http_error(_: Request, error: Exception) -> JSONResponse:
@@ -173,6 +231,7 @@ async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     """Make every error, FastAPI's own included, answer in the one JSON shape."""
     app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(ClientDisconnect, _client_disconnect)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected_error)

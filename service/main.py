@@ -7,8 +7,9 @@ from ``SCENE_*`` environment variables through `get_settings`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -26,8 +27,9 @@ Per-pixel semantic classes, instances and inverse depth from one multi-task netw
 served with ONNX Runtime. POST an image to **/predict**; try it in a browser at **/**.
 
 Errors are always `{"error": {"code": ..., "message": ...}}`. When the server sets
-`SCENE_API_TOKEN`, /predict, /metadata, /v2/models/{name} and /demo/sample.png need
-`Authorization: Bearer <token>`; health, readiness, /metrics and these docs do not.
+`SCENE_API_TOKEN`, /predict, /metadata, /v2/models/{name}, /v2/models/{name}/ready and
+/demo/sample.png need `Authorization: Bearer <token>`; health, readiness, /metrics and
+these docs do not.
 """
 
 
@@ -58,4 +60,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.include_router(api_router)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
+    if settings.api_token is None:
+        app.openapi = _openapi_without_auth(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi_without_auth(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """``app.openapi`` for a server without a token: no bearer scheme and no 401s, which the
+    guarded routes would otherwise declare although nothing asks for a token."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = FastAPI.openapi(app)  # builds and caches app.openapi_schema, edited in place here
+        schema.get("components", {}).pop("securitySchemes", None)
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                operation.pop("security", None)
+                operation.get("responses", {}).pop("401", None)
+        return schema
+
+    return openapi

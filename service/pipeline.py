@@ -152,8 +152,11 @@ def decode_image(data: bytes, max_pixels: int) -> RGBImage:
     Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
-    except Image.DecompressionBombError as error:
-        raise TooManyPixelsError(f"the image is too large: {error}") from None
+    except Image.DecompressionBombError:
+        # Pillow raises past twice its threshold and quotes that; the limit is ours.
+        raise TooManyPixelsError(
+            f"the image has over {2 * max_pixels:,} pixels; the limit is {max_pixels:,}"
+        ) from None
     except UnidentifiedImageError:
         raise _not_accepted(data) from None
     except MemoryError:
@@ -166,8 +169,10 @@ def decode_image(data: bytes, max_pixels: int) -> RGBImage:
     try:
         image.load()
         upright = ImageOps.exif_transpose(image)
-    except Image.DecompressionBombError as error:
-        raise TooManyPixelsError(f"the image is too large: {error}") from None
+    except Image.DecompressionBombError:
+        raise TooManyPixelsError(
+            f"the image has over {2 * max_pixels:,} pixels; the limit is {max_pixels:,}"
+        ) from None
     except MemoryError:
         raise
     except Exception as error:
@@ -448,6 +453,7 @@ class Pipeline:
                     max_m=scale.max_m,
                     sky_value=scale.sky_value,
                     invalid_value=scale.invalid_value,
+                    beyond_range=scale.beyond_range,
                 )
             if options.overlay:
                 overlay = OverlayResult(

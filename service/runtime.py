@@ -27,6 +27,7 @@ from model_export.contract import (
     parse_model_card,
 )
 from service import metrics
+from service.gpu import cuda_devices
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -104,29 +105,21 @@ class ModelRuntime:
     @classmethod
     def load(cls, settings: Settings) -> ModelRuntime:
         """Open ``settings.model_path`` with the best available providers and check the contract."""
-        path = Path(settings.model_path)
-        if not path.is_file():
-            raise ModelLoadError(f"no model file at {path}")
         providers = choose_providers(settings.providers, ort.get_available_providers())
-        if GPU_PROVIDERS.intersection(providers) and hasattr(ort, "preload_dlls"):
-            # Loads CUDA/cuDNN from the nvidia-* wheels when present; a failure here only
-            # means ORT falls back to CPU, which the provider check below reports.
-            try:
-                ort.preload_dlls()
-            except Exception as error:
-                logger.warning("onnxruntime.preload_dlls() failed: %s", error)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = settings.intra_op_threads
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-        except Exception as error:
-            raise ModelLoadError(f"onnxruntime cannot load {path}: {error}") from error
-        check_contract(session)
-        try:
-            card = parse_model_card(session.get_modelmeta().custom_metadata_map.get(METADATA_KEY))
-        except ModelCardError as error:
-            raise ModelLoadError(f"{path}: {error}") from error
+        if GPU_PROVIDERS.intersection(providers):
+            devices, why_none = cuda_devices()
+            if devices == 0 and any(name not in GPU_PROVIDERS for name in providers):
+                skipped = [name for name in providers if name in GPU_PROVIDERS]
+                providers = [name for name in providers if name not in GPU_PROVIDERS]
+                logger.info("%s; skipping %s, running on %s", why_none, ", ".join(skipped), providers[0])
+            elif hasattr(ort, "preload_dlls"):
+                # Loads CUDA/cuDNN from the nvidia-* wheels when present; a failure here only
+                # means ORT falls back to CPU, which the provider check below reports.
+                try:
+                    ort.preload_dlls()
+                except Exception as error:
+                    logger.warning("onnxruntime.preload_dlls() failed: %s", error)
+        session, card = open_model(settings.model_path, providers, settings.intra_op_threads)
         runtime = cls(session, card)
         if runtime.provider != providers[0]:
             logger.warning("preferred %s is unavailable here; running on %s", providers[0], runtime.provider)
@@ -196,6 +189,31 @@ class ModelRuntime:
                 {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in self.outputs
             ],
         }
+
+
+def open_model(
+    path: Path, providers: list[str], intra_op_threads: int = 0
+) -> tuple[ort.InferenceSession, ModelCard]:
+    """An ORT session on ``path`` and its model card, checked against the contract.
+
+    Touches no metrics and logs nothing, so ``scene-serve`` can check a model before
+    starting workers. Raises `ModelLoadError` saying what is wrong.
+    """
+    if not path.is_file():
+        raise ModelLoadError(f"no model file at {path}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as error:
+        raise ModelLoadError(f"onnxruntime cannot load {path}: {error}") from error
+    check_contract(session)
+    try:
+        card = parse_model_card(session.get_modelmeta().custom_metadata_map.get(METADATA_KEY))
+    except ModelCardError as error:
+        raise ModelLoadError(f"{path}: {error}") from error
+    return session, card
 
 
 def check_contract(session: ort.InferenceSession) -> None:

@@ -92,9 +92,17 @@ class DepthResult(BaseModel):
     )
     scale_to_metres: float = Field(description="Metres per PNG unit.")
     min_m: float | None = Field(description="Nearest depth in the map, metres (None if all sky).")
-    max_m: float | None = Field(description="Farthest finite depth in the map, metres (None if all sky).")
+    max_m: float | None = Field(
+        description="Farthest finite depth in the map, metres, at most what the PNG can express "
+        "(1023.97 m; see beyond_range). None if all sky."
+    )
     sky_value: int = Field(description="PNG value of sky.")
     invalid_value: int = Field(description="PNG value of pixels without a valid prediction.")
+    beyond_range: bool = Field(
+        default=False,
+        description="Some pixels are farther than the PNG can express: they read as max_m, meaning "
+        "'this far or farther'.",
+    )
 
 
 class OverlayResult(BaseModel):

@@ -48,6 +48,24 @@ class Settings(BaseSettings):
         gt=0,
         description="Largest accepted image (width × height); guards decompression bombs.",
     )
+    max_width: int = Field(default=8192, gt=0, description="Widest accepted image, in pixels (as stored).")
+    max_height: int = Field(default=8192, gt=0, description="Tallest accepted image, in pixels (as stored).")
+    max_aspect_ratio: float = Field(
+        default=10.0, ge=1.0, description="Largest accepted long side / short side of an image."
+    )
+    max_output_pixels: int = Field(
+        default=2_097_152,
+        gt=0,
+        description="Largest maps /predict returns (width × height); bounds response size and memory.",
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="Longest the whole request body may take to arrive; beyond it → 408."
+    )
+    body_min_rate: int = Field(
+        default=10_240,
+        ge=0,
+        description="Slowest accepted upload, bytes per second on average after a 5 s grace; 0 turns it off.",
+    )
     cpu_concurrency: int = Field(
         default=0,
         ge=0,

@@ -8,11 +8,14 @@ Two request shapes are accepted:
 The body is never read past ``max_body_bytes``: a declared ``Content-Length`` over the
 limit is refused before a byte is read, and the bytes are counted as they stream in,
 which also catches chunked bodies and lying lengths. (Starlette's own body limit
-answers in plain text; this keeps the service's JSON error shape.)
+answers in plain text; this keeps the service's JSON error shape.) A `BodyPace` bounds
+how long the body may take, so a stalled or trickling upload is answered 408 and its
+bytes are freed.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator
 
 from fastapi import Request
@@ -26,6 +29,7 @@ from service.errors import (
     MalformedBodyError,
     UnsupportedMediaTypeError,
 )
+from service.limits import BodyPace
 
 IMAGE_MEDIA_TYPES: tuple[str, ...] = ("image/png", "image/jpeg", "image/webp")
 MULTIPART = "multipart/form-data"
@@ -39,12 +43,16 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
-async def read_image_bytes(request: Request, max_body_bytes: int) -> bytes:
+async def read_image_bytes(request: Request, max_body_bytes: int, pace: BodyPace | None = None) -> bytes:
     """The encoded image sent with ``request``; raises the matching `ServiceError`.
+
+    With ``pace``, each chunk must arrive within its deadlines (`BodyPace`).
 
     Raises:
         UnsupportedMediaTypeError: (415) the body, or the ``image`` part, is not PNG/JPEG/WebP.
         BodyTooLargeError: (413) more than ``max_body_bytes``, declared or counted.
+        BodyTimeoutError: (408) the body came too slowly for ``pace``.
+        ClientDisconnect: (Starlette's) the client went away before the body was complete.
         EmptyBodyError: (400) no image bytes.
         MalformedBodyError: (400) multipart data that cannot be parsed.
         InvalidRequestError: (422) a multipart body without an ``image`` file field.
@@ -58,7 +66,7 @@ async def read_image_bytes(request: Request, max_body_bytes: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
         raise BodyTooLargeError(f"the body is {int(declared)} bytes; the limit is {max_body_bytes}")
-    stream = _limited(request.stream(), max_body_bytes)
+    stream = _limited(request.stream(), max_body_bytes, pace)
     if kind == MULTIPART:
         data = await _image_field(request.headers, stream)
     else:
@@ -68,10 +76,22 @@ async def read_image_bytes(request: Request, max_body_bytes: int) -> bytes:
     return data
 
 
-async def _limited(stream: AsyncGenerator[bytes, None], max_body_bytes: int) -> AsyncGenerator[bytes, None]:
+async def _limited(
+    stream: AsyncGenerator[bytes, None], max_body_bytes: int, pace: BodyPace | None
+) -> AsyncGenerator[bytes, None]:
     total = 0
-    async for chunk in stream:
+    while True:
+        try:
+            async with asyncio.timeout(pace.wait_s() if pace is not None else None):
+                chunk = await anext(stream)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            assert pace is not None
+            raise pace.error() from None
         total += len(chunk)
+        if pace is not None:
+            pace.add(len(chunk))
         if total > max_body_bytes:
             raise BodyTooLargeError(f"the body is over the limit of {max_body_bytes} bytes")
         yield chunk

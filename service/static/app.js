@@ -90,7 +90,8 @@ function showPrediction(result) {
   const depth = result.depth;
   $("#depth-caption").textContent = depth.min_m === null
     ? "Depth: all sky"
-    : `Depth: ${depth.min_m.toFixed(1)} m (bright) to ${depth.max_m.toFixed(1)} m (dark); sky black`;
+    : `Depth: ${depth.min_m.toFixed(1)} m (bright) to ${depth.beyond_range ? "beyond " : ""}`
+      + `${depth.max_m.toFixed(1)} m (dark); sky black`;
 
   showSigma(result.task_uncertainty);
   fillTable("#classes", result.semantic.classes.map((c) => [

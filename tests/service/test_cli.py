@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import glob
 import os
+import socket
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -13,7 +16,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.cli import log_config, main
+from service.cli import STARTUP_FAILURE, log_config, main
+from service.metrics import MULTIPROC_ENV
 
 
 def test_missing_model_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -52,3 +56,24 @@ def test_two_workers_serve_and_report_summed_metrics(
     assert not any(name.startswith("python_gc") for name, _ in samples)
     assert samples[("scene_errors_total", (("reason", "corrupt_image"),))] == 4
     assert set(glob.glob(os.path.join(tempfile.gettempdir(), "scene-prometheus-*"))) == metric_dirs
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_model_that_cannot_load_fails_the_start_whatever_the_workers(tmp_path: Path, workers: str) -> None:
+    # With two workers the start used to exit 0 while each worker failed: a supervisor saw nothing.
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"not an onnx model " * 100)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environment = {key: value for key, value in os.environ.items() if key != MULTIPROC_ENV}
+    environment |= {"SCENE_WORKERS": workers, "SCENE_PROVIDERS": "CPUExecutionProvider"}
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "--model", str(corrupt), "--port", str(port)],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == STARTUP_FAILURE, result.stderr
+    assert f"onnxruntime cannot load {corrupt}" in result.stderr

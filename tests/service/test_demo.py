@@ -15,7 +15,7 @@ from PIL import Image
 from service.main import create_app
 from service.settings import Settings
 
-from playwright.sync_api import Browser, Page, expect, sync_playwright  # isort: skip
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright  # isort: skip
 
 CHROMIUM_FLAGS = [
     "--no-sandbox",
@@ -38,6 +38,12 @@ async def test_the_page_and_its_assets_are_served(client: httpx.AsyncClient) -> 
         response = await client.get(asset)
         assert response.status_code == 200 and media_type in response.headers["content-type"]
     assert (await client.get("/static/../settings.py")).status_code == 404
+
+
+@pytest.mark.anyio
+async def test_the_favicon_is_not_a_404(client: httpx.AsyncClient) -> None:
+    response = await client.get("/favicon.ico")
+    assert response.status_code == 204 and not response.content
 
 
 @pytest.mark.anyio
@@ -99,7 +105,12 @@ def sigma_cells(page: Page) -> list[list[str]]:
     return [rows.nth(i).locator("td").all_inner_texts() for i in range(rows.count())]
 
 
+PANELS = ("#input-image", "#semantic-image", "#instances-image", "#depth-image")
+
+
 def test_a_generated_scene_shows_all_three_tasks(demo: Page) -> None:
+    for panel in PANELS:  # no broken-image placeholders before the first run
+        expect(demo.locator(panel)).to_be_hidden()
     # The card's σ are shown before any prediction.
     assert sigma_cells(demo) == [
         ["semantic", "0.500", "-1.386"],
@@ -109,7 +120,8 @@ def test_a_generated_scene_shows_all_three_tasks(demo: Page) -> None:
     demo.fill("#seed", "5")
     demo.click("#sample-button")
     expect(demo.locator("body")).to_have_attribute("data-state", "done", timeout=WAIT_MS)
-    for panel in ("#input-image", "#semantic-image", "#instances-image", "#depth-image"):
+    for panel in PANELS:
+        expect(demo.locator(panel)).to_be_visible()
         # Each panel holds a decoded picture of the scene's size.
         assert demo.eval_on_selector(panel, "img => img.complete && img.naturalWidth") == 48
     expect(demo.locator("#timings tbody tr")).to_have_count(7)
@@ -136,3 +148,20 @@ def test_a_bad_file_shows_the_services_error(demo: Page) -> None:
     )
     expect(demo.locator("body")).to_have_attribute("data-state", "error", timeout=WAIT_MS)
     expect(demo.locator("#status")).to_contain_text("400 corrupt_image")
+
+
+def test_depth_beyond_the_pngs_range_is_captioned_so(demo: Page, scene_png: bytes) -> None:
+    # The tiny model cannot see past 255 m, so the answer is edited on its way to the page.
+    def beyond_range(route: Route) -> None:
+        body = route.fetch().json()
+        body["depth"] |= {"min_m": 1.0, "max_m": 1023.984375, "beyond_range": True}
+        route.fulfill(json=body)
+
+    demo.route("**/predict?*", beyond_range)
+    demo.set_input_files(
+        "#image-file", files=[{"name": "street.png", "mimeType": "image/png", "buffer": scene_png}]
+    )
+    expect(demo.locator("body")).to_have_attribute("data-state", "done", timeout=WAIT_MS)
+    expect(demo.locator("#depth-caption")).to_have_text(
+        "Depth: 1.0 m (bright) to beyond 1024.0 m (dark); sky black"
+    )

@@ -71,13 +71,17 @@ def test_sky_decodes_to_inf_and_invalid_to_nan() -> None:
     assert np.isnan(depth[1, 0]) and np.isnan(depth[1, 1])
     assert depth[2, 2] == pytest.approx(10.0, abs=DEPTH_SCALE_TO_METRES / 2)
     assert encoding.min_m == encoding.max_m == pytest.approx(10.0)
+    assert not encoding.beyond_range
 
 
 def test_depth_beyond_range_saturates_and_a_tiny_depth_is_not_sky() -> None:
     inverse_depth = np.array([[1 / 5000.0, 1e6]], dtype=np.float32)  # 5 km and 1 µm
     data, encoding = depth_png(inverse_depth)
     np.testing.assert_array_equal(decode_png(data), [[DEPTH_MAX_VALUE, 1]])
-    assert encoding.max_m == pytest.approx(5000.0, rel=1e-4)  # the true far end, not the clipped one
+    # The PNG stops at 1023.97 m: max_m says so rather than quoting a depth no pixel can hold.
+    assert encoding.max_m == pytest.approx(DEPTH_MAX_VALUE * DEPTH_SCALE_TO_METRES)
+    assert encoding.beyond_range
+    assert encoding.min_m == DEPTH_SCALE_TO_METRES  # 1 µm is one step, the nearest the PNG holds
     far, near = decode_depth_png(data, encoding)[0]
     assert far == pytest.approx(DEPTH_MAX_VALUE * DEPTH_SCALE_TO_METRES) and np.isfinite(near)
 

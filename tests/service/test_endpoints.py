@@ -71,7 +71,7 @@ async def guarded(make_settings: Callable[..., Settings], serve: Serve) -> Async
         yield client
 
 
-@pytest.mark.parametrize("path", ["/metadata", "/v2/models/tiny-test"])
+@pytest.mark.parametrize("path", ["/metadata", "/v2/models/tiny-test", "/v2/models/tiny-test/ready"])
 async def test_token_guards_model_endpoints(guarded: httpx.AsyncClient, path: str) -> None:
     missing = await guarded.get(path)
     assert missing.status_code == 401 and missing.json()["error"]["code"] == "unauthorized"
@@ -79,6 +79,28 @@ async def test_token_guards_model_endpoints(guarded: httpx.AsyncClient, path: st
     wrong = await guarded.get(path, headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
     assert (await guarded.get(path, headers={"Authorization": f"Bearer {TOKEN}"})).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/v2/models/other/ready", "/v2/models/other"])
+async def test_an_unknown_model_name_does_not_learn_the_served_one(
+    guarded: httpx.AsyncClient, path: str
+) -> None:
+    response = await guarded.get(path, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+    assert "tiny-test" not in response.text
+
+
+async def test_openapi_declares_bearer_auth_only_when_a_token_is_set(
+    client: httpx.AsyncClient, guarded: httpx.AsyncClient
+) -> None:
+    open_schema = (await client.get("/openapi.json")).json()
+    assert "securitySchemes" not in open_schema.get("components", {})
+    operations = [op for path in open_schema["paths"].values() for op in path.values()]
+    assert not [op for op in operations if "security" in op or "401" in op["responses"]]
+    guarded_schema = (await guarded.get("/openapi.json")).json()
+    assert guarded_schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    predict = guarded_schema["paths"]["/predict"]["post"]
+    assert predict["security"] == [{"HTTPBearer": []}] and "401" in predict["responses"]
 
 
 async def test_token_guards_predict(guarded: httpx.AsyncClient, scene_png: bytes) -> None:

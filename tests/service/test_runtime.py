@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
 from model_export.contract import METADATA_KEY
+from service import runtime as runtime_module
 from service.runtime import ModelLoadError, ModelRuntime, choose_providers
 from service.settings import DEFAULT_PROVIDERS, Settings
 
@@ -28,6 +31,29 @@ def test_default_providers_report_the_provider_really_in_use(make_settings: Call
     runtime = ModelRuntime.load(make_settings(providers=DEFAULT_PROVIDERS))
     assert runtime.provider == runtime._session.get_providers()[0]
     assert runtime.provider in DEFAULT_PROVIDERS
+
+
+def test_a_cpu_only_host_says_once_and_plainly_which_provider_runs(
+    make_settings: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    # onnxruntime-gpu lists its GPU providers on any host; without a GPU, asking for them
+    # used to print screens of CUDA/TensorRT library errors before falling back.
+    monkeypatch.setattr(ort, "get_available_providers", lambda: list(DEFAULT_PROVIDERS))
+    no_gpu = (0, "no CUDA driver (libcuda.so.1) on this host")
+    monkeypatch.setattr(runtime_module, "cuda_devices", lambda: no_gpu)
+    with caplog.at_level(logging.INFO, logger="service"):
+        runtime = ModelRuntime.load(make_settings(providers=DEFAULT_PROVIDERS))
+    assert runtime.provider == "CPUExecutionProvider"
+    output = capfd.readouterr()
+    assert "ExecutionProvider" not in output.out + output.err
+    said = [record for record in caplog.records if "CUDAExecutionProvider" in record.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.INFO
+    message = said[0].getMessage()
+    assert "no CUDA driver" in message and "running on CPUExecutionProvider" in message
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
 
 
 def test_load_reads_the_card_and_is_ready_only_after_warm_up(

@@ -1,8 +1,8 @@
 """One `APIRouter` per concern; `api_router` includes them all.
 
 Authentication (when ``api_token`` is set) applies to /predict, /metadata,
-/v2/models/{name} and /demo/sample.png; the demo page, health, readiness, /metrics and
-the docs stay open so probes and scrapers need no secret.
+/v2/models/{name}, /v2/models/{name}/ready and /demo/sample.png; the demo page, health,
+readiness, /metrics and the docs stay open so probes and scrapers need no secret.
 """
 
 from fastapi import APIRouter

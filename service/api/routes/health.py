@@ -1,15 +1,17 @@
 """Liveness and readiness, in this service's style and in KServe's v2 protocol.
 
-None of these need the API token: orchestrators probe them without secrets.
+The server-wide probes need no API token: orchestrators probe them without secrets.
+``/v2/models/{name}/ready`` is about a named model, so it is guarded like the other
+model endpoints, and its 404 does not say which model is served.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
-from service.api.deps import RuntimeDep, StateDep
+from service.api.deps import RuntimeDep, StateDep, require_token
 from service.errors import NotFoundError, NotReadyError, UnhealthyError
 from service.schemas import ErrorResponse, Status, V2Live, V2Ready
 
@@ -61,11 +63,16 @@ def v2_ready(state: StateDep) -> V2Ready:
 @router.get(
     "/v2/models/{name}/ready",
     response_model=V2Ready,
-    responses={**_UNAVAILABLE, 404: {"model": ErrorResponse}},
+    dependencies=[Depends(require_token)],
+    responses={
+        **_UNAVAILABLE,
+        401: {"model": ErrorResponse, "description": "Missing or wrong bearer token."},
+        404: {"model": ErrorResponse, "description": "No model by that name."},
+    },
     summary="KServe v2 model readiness",
 )
 def v2_model_ready(name: str, state: StateDep, runtime: RuntimeDep) -> V2Ready:
     if name != runtime.card.name:
-        raise NotFoundError(f"no model named {name!r}; this server serves {runtime.card.name!r}")
+        raise NotFoundError(f"no model named {name!r} here")
     _check_ready(state)
     return V2Ready(ready=True)

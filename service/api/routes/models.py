@@ -32,5 +32,5 @@ def metadata(runtime: RuntimeDep) -> dict[str, Any]:
 )
 def v2_model_metadata(name: str, runtime: RuntimeDep) -> V2ModelMetadata:
     if name != runtime.card.name:
-        raise NotFoundError(f"no model named {name!r}; this server serves {runtime.card.name!r}")
+        raise NotFoundError(f"no model named {name!r} here")
     return V2ModelMetadata.model_validate(runtime.v2_metadata())

@@ -9,6 +9,8 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from service import metrics
 from service.api.deps import PipelineDep, require_token
+from service.disconnect import cancel_on_disconnect
+from service.limits import BodyPace, check_request
 from service.pipeline import PredictOptions
 from service.schemas import ErrorResponse, Output, PredictResponse, Resolution
 from service.upload import IMAGE_FIELD, IMAGE_MEDIA_TYPES, MULTIPART, read_image_bytes
@@ -48,9 +50,16 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     400: _error("Empty body, corrupt or truncated image, or malformed multipart data."),
     401: _error("Missing or wrong bearer token (only when the server sets an API token)."),
-    413: _error("Body over the byte limit, or image over the pixel limit."),
+    408: _error("The body arrived too slowly or not within the server's body timeout."),
+    413: _error(
+        "Body over the byte limit; image over the pixel, width or height limit; or maps over the "
+        "output-pixel limit (ask for resolution=model)."
+    ),
     415: _error("Not PNG, JPEG or WebP (raw) and not multipart/form-data."),
-    422: _error("Bad query parameter, or a multipart body without an 'image' file."),
+    422: _error(
+        "Bad query parameter, a multipart body without an 'image' file, or an image whose aspect ratio "
+        "is over the limit."
+    ),
     503: _error("Model not ready yet, or the queue is full (see Retry-After)."),
     504: _error("The request took longer than the server's request timeout."),
 }
@@ -100,17 +109,23 @@ async def predict(
     EXIF orientation is applied first; any colour mode is converted to RGB.
     """
     started = time.perf_counter()
+    settings = pipeline.settings
     with metrics.IN_FLIGHT.track_inprogress():
-        data = await read_image_bytes(request, pipeline.settings.max_body_bytes)
+        data = await read_image_bytes(request, settings.max_body_bytes, BodyPace(settings))
         options = PredictOptions(
             outputs=frozenset(Output(name) for name in outputs.split(",")),
             resolution=resolution,
             overlay=overlay,
             overlay_alpha=overlay_alpha,
         )
+        # From the header alone, so an image over a limit costs no decoding and no memory.
+        check_request(data, settings, maps_at_image_size=resolution is Resolution.original)
         if wants_npz(request.headers.get("accept")):
-            body, clock = await pipeline.predict(
-                data, options, lambda prediction: (pipeline.encode_npz(prediction), prediction.clock)
+            body, clock = await cancel_on_disconnect(
+                request.receive,
+                pipeline.predict(
+                    data, options, lambda prediction: (pipeline.encode_npz(prediction), prediction.clock)
+                ),
             )
             total_ms = (time.perf_counter() - started) * 1000
             server_timing = ", ".join(
@@ -121,6 +136,9 @@ async def predict(
                 media_type=NPZ_MEDIA_TYPE,
                 headers={"Server-Timing": f"{server_timing}, total;dur={total_ms:.3f}"},
             )
-        return await pipeline.predict(
-            data, options, lambda prediction: pipeline.encode_json(prediction, options, started)
+        return await cancel_on_disconnect(
+            request.receive,
+            pipeline.predict(
+                data, options, lambda prediction: pipeline.encode_json(prediction, options, started)
+            ),
         )

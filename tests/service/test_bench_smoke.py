@@ -1,0 +1,46 @@
+"""Smoke modes of the hardening benches: bench/soak.py sorts every kind of request correctly
+with no 5xx; bench/request_memory.py measures what a request costs per pixel."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_soak_smoke_run_sorts_every_request_correctly(model_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "soak.json"
+    command = [sys.executable, "-m", "bench.soak", "--smoke", "--model", str(model_path), "--json", str(out)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["unexpected_5xx"] == 0
+    assert {outcome.split(" -> ")[1] for outcome in report["outcomes"]} <= {
+        "200",
+        "400 corrupt_image",
+        "413 output_too_large",
+        "413 image_too_wide",
+        "408 body_timeout",
+        "0 hung_up",
+    }
+    reasons = report["server_errors_by_reason"]
+    assert reasons.get("client_disconnected", 0) >= 1 and reasons.get("body_timeout", 0) >= 1
+    assert "internal_error" not in reasons
+    assert report["rss_peak_mb"] >= report["rss_baseline_mb"] > 0
+
+
+def test_the_request_memory_smoke_run_measures_per_pixel_costs(model_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "memory.json"
+    command = [sys.executable, "-m", "bench.request_memory", "--smoke", "--model", str(model_path)]
+    result = subprocess.run(
+        [*command, "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {row["accept"]: row for row in json.loads(out.read_text())["results"]}
+    assert {row["status"] for row in rows.values()} == {200}
+    # npz carries the raw maps: 5 (semantic) + 10 (instances) + 4 (depth) bytes per pixel.
+    assert 19 <= rows["npz"]["response_bytes_per_pixel"] < 19.5
+    assert rows["npz"]["peak_bytes_per_pixel"] > rows["npz"]["response_bytes_per_pixel"]
