@@ -63,8 +63,8 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         default=30.0, gt=0, description="Longest a request may take, from decoding to the encoded answer."
     )
-    shutdown_timeout_s: float = Field(
-        default=30.0,
+    shutdown_timeout_s: int = Field(
+        default=30,
         gt=0,
         description="On SIGTERM, longest scene-serve waits for requests in flight before cancelling them.",
     )

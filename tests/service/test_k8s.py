@@ -388,6 +388,32 @@ def test_serving_pods_run_locked_down(rendered: dict[str, list[dict[str, Any]]])
         assert resources["requests"]["memory"] == resources["limits"]["memory"], name
 
 
+# docs/deploy.md "Memory": figures from bench/serve_memory.py (docs/benchmarks.md).
+IDLE_MIB = 540  # warm, after serving the largest images (the allocator keeps what it took)
+PER_LARGEST_REQUEST_MIB = 661  # one more concurrent 4096x4096 request (SCENE_MAX_PIXELS)
+WAITING_BODIES_MIB = 16 * 20  # 16 more requests waiting with a full 20 MiB body each
+CUDA_HOST_MIB = 1500  # CUDA, cuDNN and ONNX Runtime's CUDA provider in host memory: an estimate
+
+
+def mebibytes(quantity: str) -> float:
+    units = {"Mi": 1, "Gi": 1024}
+    return float(quantity[:-2]) * units[quantity[-2:]]
+
+
+def test_memory_limits_cover_every_concurrent_request_at_the_largest_image(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """The CPU limit sets SCENE_CPU_CONCURRENCY, so raising it without the memory limit
+    would let the pod be OOM-killed, taking every request in flight with it."""
+    for name, pod in serving_pod_specs(rendered).items():
+        limits = container_of(pod)["resources"]["limits"]
+        concurrency = int(limits["cpu"])
+        needed = IDLE_MIB + concurrency * PER_LARGEST_REQUEST_MIB + WAITING_BODIES_MIB
+        if "nvidia.com/gpu" in limits:
+            needed += CUDA_HOST_MIB
+        assert mebibytes(limits["memory"]) >= needed, f"{name}: {limits['memory']} < {needed} MiB"
+
+
 def test_gpu_and_cpu_variants(rendered: dict[str, list[dict[str, Any]]]) -> None:
     pods = serving_pod_specs(rendered)
     for name in ("overlays/gpu", "kserve"):
@@ -615,9 +641,24 @@ def test_scene_serve_hands_its_shutdown_timeout_to_uvicorn(
 
     received: dict[str, Any] = {}
     monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: received.update(kwargs))
-    monkeypatch.setenv("SCENE_SHUTDOWN_TIMEOUT_S", "12.5")
+    monkeypatch.setenv("SCENE_SHUTDOWN_TIMEOUT_S", "12")
     assert cli.main(["--model", str(model_path)]) == 0
-    assert received["timeout_graceful_shutdown"] == 12.5
+    assert received["timeout_graceful_shutdown"] == 12
+
+
+def test_the_memory_benchmark_runs(model_path: Path) -> None:
+    """bench/serve_memory.py produces the figures the limits are sized from (smoke mode)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.serve_memory", "--smoke", "--model", str(model_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    [row] = [line for line in result.stdout.splitlines() if line.startswith("| 64x96 ")]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[2] == "2" and float(cells[3]) > 50  # both answered; a real process's RSS
 
 
 # --- training ---------------------------------------------------------------------------
