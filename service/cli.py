@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             log_level=args.log_level,
             log_config=log_config(args.log_level),
+            timeout_graceful_shutdown=defaults.shutdown_timeout_s,
         )
     finally:
         if own_metrics_dir is not None:

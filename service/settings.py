@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         default=30.0, gt=0, description="Longest a request may take, from decoding to the encoded answer."
     )
+    shutdown_timeout_s: int = Field(
+        default=30,
+        gt=0,
+        description="On SIGTERM, longest scene-serve waits for requests in flight before cancelling them.",
+    )
     workers: int = Field(default=1, ge=1, description="uvicorn worker processes (scene-serve only).")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
