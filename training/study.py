@@ -88,7 +88,8 @@ class Grid:
         points: list[dict[str, float]] = []
         for values in product(*(self.weights[t] for t in tasks)):
             total = sum(values) if self.normalise else 1.0
-            point = {t: round(v / total, 6) for t, v in zip(tasks, values, strict=True)}
+            # Three significant digits: readable folder names, and sums within 0.1% of 1.
+            point = {t: float(f"{v / total:.3g}") for t, v in zip(tasks, values, strict=True)}
             if point not in points:
                 points.append(point)
         return points
@@ -610,7 +611,13 @@ def advance(
             )
         record = saved
     checkpoint = run.run_dir / "last.pt"
-    step = int(load_checkpoint(checkpoint)["step"]) if checkpoint.is_file() else 0
+    state: dict[str, Any] = (
+        load_checkpoint(checkpoint) if checkpoint.is_file() else {"step": 0, "metrics": {}}
+    )
+    step = int(state["step"])
+    if step >= config.steps and state["metrics"] and not (run.run_dir / "metrics.json").is_file():
+        # Stopped between the final checkpoint and metrics.json: the checkpoint holds them.
+        (run.run_dir / "metrics.json").write_text(json.dumps(state["metrics"], indent=2))
     trained = (run.run_dir / "metrics.json").is_file()
     if step and not trained:
         say(f"{run.label}: resuming at step {step}/{config.steps}")
