@@ -899,8 +899,13 @@ def write_report(study: StudyConfig, pilot: bool = False) -> dict[str, Any]:
     results = [r for r in (read_result(run.run_dir) for run in runs) if r is not None]
     failed = [str(run.run_dir) for run in runs if (run.run_dir / FAILED).is_file()]
     rows = summarise(results, arms)
+    # Only the metrics of the tasks an arm trains: a single-task arm is compared on its task.
     by_seed = {
-        name: {r["seed"]: r["test"] for r in results if r["arm"] == name and r["grid_point"] is None}
+        name: {
+            r["seed"]: {TASK_METRICS[t][0]: r["test"][TASK_METRICS[t][0]] for t in r["tasks"]}
+            for r in results
+            if r["arm"] == name and r["grid_point"] is None
+        }
         for name in arms
     }
     comparisons = []
@@ -1086,6 +1091,7 @@ def plot_grid(study: StudyConfig, results: list[dict[str, Any]], out: Path) -> l
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     written = []
     for arm in (a for a in study.arms if a.grid is not None):
@@ -1112,7 +1118,8 @@ def plot_grid(study: StudyConfig, results: list[dict[str, Any]], out: Path) -> l
                 )
                 ax.axhline(mean, linestyle="--", linewidth=1, label=f"{name} (mean over seeds)")
             ax.set_xscale("log")
-            ax.set_xlabel(f"fixed weight of {task} (weights sum to 1)")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on a short log axis
+            ax.set_xlabel(f"fixed weight of {task}")
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
         axes[0][0].legend(fontsize=7)
