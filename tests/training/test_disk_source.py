@@ -45,7 +45,7 @@ def test_disk_scenes_of_another_size_are_refused(disk_root: Path) -> None:
 
 
 def test_disk_source_needs_its_folder() -> None:
-    with pytest.raises(ConfigError, match="data.disk_root: required"):
+    with pytest.raises(ConfigError, match=r"data\.disk_root: required"):
         load_config(None, ["data.source=disk"])
 
 
