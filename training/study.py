@@ -530,8 +530,8 @@ def select_grid_point(study: StudyConfig, grid_arm: Arm) -> dict[str, Any] | Non
     """The grid point chosen on the validation split, or None while a grid run is unfinished.
 
     Failed points (non-finite loss) are out of the running. ``mean_rank``: each point
-    is ranked on each task metric (1 = best; ties share the better rank) and the lowest
-    mean rank wins; ties go to the earlier point in grid order.
+    is ranked on the metric of each task the grid weighs (1 = best; ties share the
+    better rank) and the lowest mean rank wins; ties go to the earlier point in grid order.
     """
     assert grid_arm.grid is not None
     grid = grid_arm.grid
@@ -546,7 +546,7 @@ def select_grid_point(study: StudyConfig, grid_arm: Arm) -> dict[str, Any] | Non
         candidates.append((point, result["val"]))
     if not candidates:
         return None
-    metrics = [TASK_METRICS[t] for t in TASKS]
+    metrics = [TASK_METRICS[t] for t in TASKS if t in grid.weights]
     if grid.select != "mean_rank":
         metrics = [m for m in metrics if m[0] == grid.select]
     scores = []

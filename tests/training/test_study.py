@@ -29,6 +29,7 @@ from training.study import (
     study_seeds,
     summarise,
     t95,
+    write_report,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,11 +37,15 @@ SMOKE = REPO / "configs" / "smoke.yaml"
 
 
 def toy_study(root: Path, **changes: Any) -> Path:
-    """Two arms (unweighted, uncertainty), two seeds, two one-step chunks per run, 3 test scenes."""
+    """Two arms (unweighted, uncertainty), two seeds, two one-step chunks per run, 3 test scenes.
+
+    Training reads 8 scenes rendered once to disk, validation 2.
+    """
     study: dict[str, Any] = {
         "base": str(SMOKE),
-        "overrides": {"steps": 2, "checkpoint_every": 1, "data.train_count": 8, "data.val_count": 2},
+        "overrides": {"steps": 2, "checkpoint_every": 1},
         "out": str(root / "study"),
+        "scenes": {"root": str(root / "scenes"), "train": 8, "val": 2},
         "seeds": [1, 2],
         "chunk_steps": 1,
         "evaluation": {"split": "test", "seed": 1000, "count": 3, "batch_size": 3},
@@ -77,6 +82,7 @@ def toy_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     done = run_study(load_study(config), ChunkBudget(3), say=first_lines.append)
     cut = {
         "done": done,
+        "rendered": [line for line in first_lines if line.startswith("rendering")],
         "unweighted_result": (out / "unweighted" / "seed1" / "result.json").is_file(),
         "uncertainty_step": load_checkpoint(out / "uncertainty" / "seed1" / "last.pt")["step"],
         "uncertainty_result": (out / "uncertainty" / "seed1" / "result.json").is_file(),
@@ -104,6 +110,10 @@ def toy_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_a_cut_study_keeps_finished_runs_and_the_interrupted_ones_checkpoint(toy_run: dict[str, Any]) -> None:
     cut = toy_run["cut"]
     assert not cut["done"]
+    assert cut["rendered"] == [
+        f"rendering 8 train scenes to {toy_run['out'].parent / 'scenes' / 'train'} (once)",
+        f"rendering 2 val scenes to {toy_run['out'].parent / 'scenes' / 'val'} (once)",
+    ]
     assert cut["unweighted_result"]  # seed 1 of the first arm: two chunks, then scored
     assert not cut["uncertainty_result"]  # one chunk of two
     assert cut["uncertainty_step"] == 1
@@ -118,6 +128,7 @@ def test_the_second_call_resumes_the_interrupted_run_and_skips_the_finished_one(
     assert lines[0] == "1 of 4 runs finished; 3 to go"
     assert "uncertainty seed 1: resuming at step 1/2" in lines
     assert not any(line.startswith("unweighted seed 1:") for line in lines)
+    assert not any(line.startswith("rendering") for line in lines)
     assert (out / "unweighted" / "seed1" / "result.json").stat().st_mtime_ns == toy_run["finished_mtime"]
     with (out / "uncertainty" / "seed1" / "log.csv").open() as f:
         assert [int(row["step"]) for row in csv.DictReader(f)] == [1, 2]  # each step logged once
@@ -154,6 +165,14 @@ def test_the_table_holds_mean_and_std_over_seeds(toy_run: dict[str, Any]) -> Non
         assert expected in (out / "table.md").read_text()
     assert "## uncertainty against unweighted" in (out / "table.md").read_text()
     assert (out / "sigma_uncertainty.png").stat().st_size > 1000
+
+
+def test_scenes_rendered_for_another_study_are_refused(toy_run: dict[str, Any]) -> None:
+    root = toy_run["out"].parent
+    config = toy_study(root, scenes={"root": str(root / "scenes"), "train": 9, "val": 2})
+    with pytest.raises(StudyConfigError, match="holds other scenes"):
+        run_study(load_study(config), Budget(), say=lambda _: None)
+    toy_study(root)
 
 
 def test_scene_study_command_reports_and_exits_zero_when_done(
@@ -265,7 +284,7 @@ def test_the_best_grid_point_is_chosen_on_validation_and_scaled_to_the_learned_t
     scaled = next(r for r in runs if r.arm.name == "best_scaled" and r.seed == 2)
     with pytest.raises(WaitingError, match="grid grid is not finished"):
         run_settings(study, best)
-    # The second point is better on semantics and depth, worse on instances: mean rank 4/3 against 5/3.
+    # The second point is better on both tasks the grid weighs (its instance error, untrained, is worse).
     val = {"semantic_miou": 50, "instance_mean_error_px": 3.0, "inverse_depth_mean_error": 0.2}
     write_result(runs[0].run_dir, val=val)
     write_result(
@@ -275,11 +294,21 @@ def test_the_best_grid_point_is_chosen_on_validation_and_scaled_to_the_learned_t
     selection = select_grid_point(study, study.arm("grid"))
     assert selection is not None
     assert selection["weights"] == {"semantic": 0.25, "depth": 0.75}
-    assert selection["score"] == pytest.approx(4 / 3)
+    assert selection["score"] == 1.0
+    assert selection["scores"] == {"semantic0.5_depth0.5": 2.0, "semantic0.25_depth0.75": 1.0}
     assert run_settings(study, best) == {
         "loss.strategy": "fixed",
         "loss.weights": {"semantic": 0.25, "depth": 0.75},
     }
+    # The grid's report: each point's validation and test figures, the chosen one marked, the plot.
+    for run, miou in zip(runs[:2], (40.0, 45.0), strict=True):
+        full = result("grid", 1, miou, 3.0, 0.1) | {"grid_point": run.grid_point}
+        full["val"] = json.loads((run.run_dir / "result.json").read_text())["val"]
+        (run.run_dir / "result.json").write_text(json.dumps(full))
+    write_report(study)
+    table = (study.out / "table.md").read_text()
+    assert "| 0.25 / 0 / 0.75 **chosen** | 51.0 | 4.00 | 0.1000 | 1.00 | 45.0 |" in table
+    assert (study.out / "grid_grid.png").stat().st_size > 1000
     with pytest.raises(WaitingError, match="uncertainty seed 2 is not finished"):
         run_settings(study, scaled)
     write_result(study.out / "uncertainty" / "seed2", mean_total_weight=20.0)
