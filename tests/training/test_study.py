@@ -324,6 +324,15 @@ def test_a_finished_pilot_with_a_wide_spread_sets_the_study_seeds(tmp_path: Path
     assert study_seeds(study, print) == [1, 2, 3]
 
 
+@pytest.mark.parametrize(("name", "runs"), [("study.yaml", 6 + 7 * 3), ("study_paper.yaml", 6 + 10 * 3)])
+def test_the_shipped_study_configs_build_every_arm(name: str, runs: int) -> None:
+    study = load_study(REPO / "configs" / name)  # builds each arm's training config
+    assert len(plan(study, study.seeds)) == runs
+    assert study.evaluation.split == "test"
+    assert (study.evaluation.seed, study.evaluation.count) == (1000, 500)
+    assert study.overrides["optim.log_variance_grad_clip"] is None
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
