@@ -40,6 +40,7 @@ def test_console_scripts_explain_themselves() -> None:
         "scene-data": ["render", "preview"],
         "scene-train": ["--config", "key=value", "resume="],
         "scene-eval": ["--checkpoint", "--out", "--count", "--seed"],
+        "scene-study": ["--config", "--pilot", "--max-minutes", "--max-runs"],
         "scene-export": ["--checkpoint", "--out", "--fp16", "--int8", "--calibration-count"],
         "scene-serve": ["--model", "--host", "--port", "--workers"],
     }

@@ -20,7 +20,7 @@ import yaml
 
 from training.model import BACKBONES, ModelConfig
 
-DATA_SOURCES: tuple[str, ...] = ("procedural", "camvid", "cityscapes")
+DATA_SOURCES: tuple[str, ...] = ("procedural", "camvid", "cityscapes", "disk")
 
 
 class ConfigError(ValueError):
@@ -32,12 +32,16 @@ class DataConfig:
     """Where training images come from.
 
     Attributes:
-        source: ``"procedural"`` (rendered on the fly), ``"camvid"`` or ``"cityscapes"``;
-            the only source when ``mix`` is empty, else the one validated on.
+        source: ``"procedural"`` (rendered on the fly), ``"camvid"``, ``"cityscapes"`` or
+            ``"disk"`` (procedural scenes rendered once by ``scene-data render``); the only
+            source when ``mix`` is empty, else the one validated on.
         mix: several sources at once, source name -> its share of every batch, e.g.
             ``{procedural: 0.5, camvid: 0.5}``; shares are normalised and turned into
             a fixed number of samples per batch. Empty: ``source`` alone.
         root: Cityscapes root directory (source ``cityscapes`` only).
+        disk_root: source ``disk``: a folder holding ``train/`` and ``val/``, each a
+            ``scene-data render --out`` folder at the training size; every scene in it
+            is used (``train_count`` and ``val_count`` do not apply).
         camvid_root: CamVid root (the SegNet layout: ``train.txt``, ``train/``,
             ``trainannot/``, ...); ``null`` reads ``SCENE_CAMVID_ROOT``.
         height, width: training resolution (paper: 128 x 256, "Tiny Cityscapes").
@@ -55,6 +59,7 @@ class DataConfig:
     source: str = "procedural"
     mix: dict[str, float] = field(default_factory=dict)
     root: str | None = None
+    disk_root: str | None = None
     camvid_root: str | None = None
     height: int = 128
     width: int = 256
@@ -196,6 +201,11 @@ class TrainConfig:
         sources = self.data.sources()
         if "cityscapes" in sources and not self.data.root:
             raise ConfigError("data.root: required when data.source is cityscapes")
+        if "disk" in sources and not self.data.disk_root:
+            raise ConfigError(
+                "data.disk_root: required when data.source is disk (a folder with train/ and val/ "
+                "written by scene-data render)"
+            )
         if len(sources) > 1 and min(sources.values()) * self.batch_size < 0.5:
             raise ConfigError(
                 f"data.mix: batch_size={self.batch_size} is too small to give every source a sample "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -14,8 +15,9 @@ from training.config import DataConfig
 from training.data.augment import RealFrameAugment
 from training.data.camvid import CamVidScenes
 from training.data.cityscapes import CityscapesScenes
+from training.data.disk import DiskScenes
 from training.data.procedural import ProceduralScenes
-from training.data.sample import SceneSample
+from training.data.sample import DataConfigError, SceneSample
 from training.targets import build_targets
 
 
@@ -36,8 +38,25 @@ def build_scenes(config: DataConfig, split: str, source: str | None = None) -> S
         return CityscapesScenes(config.root, split=split, height=height, width=width)
     if source == "camvid":
         return CamVidScenes(config.resolved_camvid_root(), split=split, height=height, width=width)
+    if source == "disk":
+        assert config.disk_root is not None
+        return _disk_scenes(Path(config.disk_root) / split, height, width)
     count = config.train_count if split == "train" else config.val_count
     return ProceduralScenes(split=split, seed=config.seed, count=count, height=height, width=width)
+
+
+def _disk_scenes(root: Path, height: int, width: int) -> DiskScenes:
+    """A `scene-data render` folder, refused unless it was rendered at the training size."""
+    scenes = DiskScenes(root)
+    size = (scenes.settings.get("height"), scenes.settings.get("width"))
+    if size != (height, width):
+        raise DataConfigError(
+            f"data.disk_root: {root} holds {size[0]}x{size[1]} scenes, the training size is "
+            f"{height}x{width}; render them with scene-data render --height {height} --width {width}"
+        )
+    if len(scenes) == 0:
+        raise DataConfigError(f"data.disk_root: {root} holds no scenes")
+    return scenes
 
 
 def samples_per_batch(shares: dict[str, float], batch_size: int) -> dict[str, int]:

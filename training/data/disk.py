@@ -102,10 +102,11 @@ class DiskScenes:
         missing = [str(p) for p in path.values() if not p.is_file()]
         if missing:
             raise DataConfigError(f"scene {index}: missing {', '.join(missing)}")
+        # Writable copies: torch warns on (and must not write through) read-only arrays.
         with Image.open(path["image"]) as im:
-            image = np.asarray(im.convert("RGB"), dtype=np.uint8)
+            image = np.array(im.convert("RGB"), dtype=np.uint8)
         with Image.open(path["semantic"]) as im:
-            semantic = np.asarray(im, dtype=np.uint8)
+            semantic = np.array(im, dtype=np.uint8)
         with Image.open(path["instance"]) as im:
             instance = np.asarray(im).astype(np.int32)
         depth = np.load(path["depth"], allow_pickle=False).astype(np.float32)
