@@ -39,7 +39,7 @@ from training.config import ConfigError, TrainConfig, load_config, to_dict
 from training.data.procedural import SPLITS, ProceduralScenes
 from training.data.sample import DataConfigError
 from training.evaluate import evaluate
-from training.train import build_weighting_from_config, setup_runtime, train
+from training.train import build_weighting_from_config, setup_placement, train
 from training.weighting import TASKS, NonFiniteLossError, likelihood_scale
 
 # The metric of each task in the table: (result key, label, higher is better).
@@ -636,7 +636,7 @@ def advance(
             stop_at=stop if stop < config.steps else None,
         )
         started = time.monotonic()
-        train(chunk, setup_runtime(chunk))
+        train(chunk, setup_placement(chunk))
         seconds = time.monotonic() - started
         budget.chunks += 1
         record["train_seconds"] += seconds
@@ -655,7 +655,7 @@ def advance(
 def score(study: StudyConfig, run: PlannedRun, config: TrainConfig, train_seconds: float) -> dict[str, Any]:
     """The run's result: test metrics on the study's held-out scenes, validation metrics, weights."""
     model, state = model_from_checkpoint(run.run_dir / "last.pt")
-    device = setup_runtime(config).device
+    device = setup_placement(config).device
     ev = study.evaluation
     scenes = ProceduralScenes(
         split=ev.split, seed=ev.seed, count=ev.count, height=config.data.height, width=config.data.width
