@@ -9,6 +9,7 @@ then sets `ready`; `run` is synchronous and is meant to be called from a worker 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,20 @@ def choose_providers(preferred: list[str], available: list[str]) -> list[str]:
     return chosen
 
 
+def batch_plan(settings: Settings, provider: str) -> tuple[int, int]:
+    """``(streams, max_batch_size)`` for the provider in use, where the settings leave them at 0.
+
+    On a GPU one stream runs batches of up to 8: the device parallelises inside a run.
+    On the CPU a batch of 8 takes as long as 8 single images (docs/benchmarks.md), so
+    batching only adds waiting; instead a stream per core runs single images side by
+    side, each with one ORT thread (see `ModelRuntime.load`).
+    """
+    on_gpu = provider in GPU_PROVIDERS
+    streams = settings.inference_streams or (1 if on_gpu else os.cpu_count() or 1)
+    max_batch_size = settings.max_batch_size or (8 if on_gpu else 1)
+    return streams, max_batch_size
+
+
 def _spec(node: Any) -> TensorSpec:
     shape = tuple(dim if isinstance(dim, int) else -1 for dim in node.shape)
     return TensorSpec(node.name, _V2_DATATYPES.get(node.type, node.type), shape)
@@ -117,6 +132,16 @@ class ModelRuntime:
                 logger.warning("onnxruntime.preload_dlls() failed: %s", error)
         options = ort.SessionOptions()
         options.intra_op_num_threads = settings.intra_op_threads
+        if not GPU_PROVIDERS.intersection(providers):
+            cores = os.cpu_count() or 1
+            # Concurrent runs share the cores: split them between the streams rather
+            # than let each run start a thread per core.
+            options.intra_op_num_threads = settings.intra_op_threads or max(
+                1, cores // (settings.inference_streams or cores)
+            )
+            # Idle ORT threads otherwise spin, burning the core that decoding and
+            # encoding of other requests need.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
