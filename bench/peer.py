@@ -15,7 +15,10 @@ which server goes first; every figure is the median over the rounds.
 The load generator is ``hey`` when it is on PATH (Go, light on the shared CPU), else
 an asyncio ``httpx`` client. It runs on the same machine as both servers, so
 absolute figures are a floor; the ratio between the servers in one run is what
-counts. Also reported: ONNX Runtime alone on the PNG's pixels (batch 1, the
+counts, and so does each server's CPU time per answered request (user + system, all
+its threads, from /proc), which holds when other work shares the CPU — there a
+server with more runnable threads simply gets a larger share of it, whatever its
+efficiency. Also reported: ONNX Runtime alone on the PNG's pixels (batch 1, the
 servers' thread setting), so "overhead" = scene-serve's p50 at 1 client / model-only
 p50. ``--smoke`` runs a tiny version (1 and 2 clients, a few requests, a smaller
 JPEG) to check the script works.
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -38,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -69,6 +73,7 @@ class Round:
     p50_ms: float
     p99_ms: float
     errors: int
+    cpu_ms_per_request: float | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,7 @@ class Figure:
     p50_ms: float
     p99_ms: float
     errors: int
+    cpu_ms_per_request: float | None
     rounds: list[Round]
 
 
@@ -174,10 +180,39 @@ def server(
                 except httpx.TransportError:
                     pass
                 time.sleep(0.2)
+            _PIDS[base] = process.pid
             yield base
         finally:
+            _PIDS.pop(base, None)
             process.terminate()
             process.wait(timeout=30)
+
+
+_PIDS: dict[str, int] = {}
+Load = Callable[[str, Payload, int, int], Round]
+
+
+def server_cpu_s(url: str) -> float | None:
+    """CPU seconds (user + system, every thread) the server answering ``url`` has used so far;
+    None where /proc is not there to read it from."""
+    pid = next((pid for base, pid in _PIDS.items() if url.startswith(base)), None)
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured_round(load: Load, url: str, payload: Payload, clients: int, requests: int) -> Round:
+    """One round of ``load``, with the server's CPU milliseconds per answered request: a
+    cost that holds when other work shares the machine, where requests per second do not."""
+    cpu_before = server_cpu_s(url)
+    result = load(url, payload, clients, requests)
+    cpu_after = server_cpu_s(url)
+    answered = requests - result.errors
+    if cpu_before is None or cpu_after is None or answered == 0:
+        return result
+    return dataclasses.replace(result, cpu_ms_per_request=(cpu_after - cpu_before) * 1000 / answered)
 
 
 def provider_in_use(name: str, base: str, payload: Payload) -> str:
@@ -257,6 +292,11 @@ def median_figure(server: str, payload: Payload, clients: int, rounds: list[Roun
         p50_ms=statistics.median(r.p50_ms for r in rounds),
         p99_ms=statistics.median(r.p99_ms for r in rounds),
         errors=sum(r.errors for r in rounds),
+        cpu_ms_per_request=(
+            statistics.median(r.cpu_ms_per_request for r in rounds if r.cpu_ms_per_request is not None)
+            if all(r.cpu_ms_per_request is not None for r in rounds)
+            else None
+        ),
         rounds=rounds,
     )
 
@@ -315,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
                 for index in range(args.rounds):
                     # Each round starts with another server, so drifting load spreads evenly.
                     for name in names[index % len(names) :] + names[: index % len(names)]:
-                        rounds[name].append(load(urls[name], payload, clients, requests))
+                        rounds[name].append(measured_round(load, urls[name], payload, clients, requests))
                 row = {name: median_figure(name, payload, clients, rounds[name]) for name in names}
                 figures.extend(row.values())
                 ratio = row["scene-serve"].throughput_rps / row["naive"].throughput_rps
@@ -323,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"{payload.name:>15} clients {clients:2}: "
                     + "   ".join(
                         f"{f.server} {f.throughput_rps:6.1f} req/s p50 {f.p50_ms:7.1f} "
-                        f"p99 {f.p99_ms:7.1f} ms errors {f.errors}"
+                        f"p99 {f.p99_ms:7.1f} ms errors {f.errors} CPU {f.cpu_ms_per_request or 0:.1f} ms/req"
                         for f in row.values()
                     )
                     + f"   scene-serve/naive {ratio:.2f}x"
