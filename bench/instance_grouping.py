@@ -138,7 +138,7 @@ def time_model(
     return statistics.median(per_image)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -153,7 +153,7 @@ def main() -> None:
     )
     parser.add_argument("--model", type=Path, help="ONNX model to time on the CPU for the ratio")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: its own)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for method in methods:
         if method not in METHODS:

@@ -5,8 +5,9 @@
 
 Baseline, measured in the same run: ONNX Runtime alone on the same CPU, one
 128x256 image per run with the server's thread setting (median of ``repeats`` x 50
-runs). Then for batching on (the service's default window and max batch) and off
-(max batch 1) a real ``scene-serve`` process on 127.0.0.1 answers ``requests``
+runs). Then for batching on (one inference stream, batches of up to 8: the GPU
+default) and off (the CPU default: a stream per core, one image each) a real
+``scene-serve`` process on 127.0.0.1 answers ``requests``
 POSTs of PNG street scenes (the default JSON response with all three outputs) from
 1, 4 and 16 concurrent clients, each client sending its next request when the last
 one is answered. Every figure is the median over ``repeats`` rounds.
@@ -107,8 +108,8 @@ def server(model: Path, threads: int, batching: bool) -> Iterator[str]:
     port = free_port()
     env = {**os.environ, "SCENE_PROVIDERS": "CPUExecutionProvider", "SCENE_INTRA_OP_THREADS": str(threads)}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    if not batching:
-        env["SCENE_MAX_BATCH_SIZE"] = "1"
+    if batching:
+        env |= {"SCENE_MAX_BATCH_SIZE": "8", "SCENE_INFERENCE_STREAMS": "1"}
     command = [sys.executable, "-m", "service.cli", "--model", str(model), "--port", str(port)]
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen([*command, "--log-level", "warning"], env=env, stdout=log, stderr=log)

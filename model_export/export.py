@@ -42,13 +42,20 @@ class InferenceGraph(nn.Module):
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         x = image.permute(0, 3, 1, 2).float() / 255.0
         out = self.model(x)
-        confidence, label = torch.softmax(out["semantic_logits"], dim=1).max(dim=1)
+        # Classes on the last axis, [N, H, W, C]: ONNX Runtime's softmax and reductions
+        # over the class axis of [N, C, H, W] stride through memory and took half the
+        # model's CPU time at 128x256; along the last axis they are vectorised. Same
+        # values, so the same labels and confidences (docs/benchmarks.md).
+        logits = out["semantic_logits"].permute(0, 2, 3, 1)
+        confidence, label = torch.softmax(logits, dim=-1).max(dim=-1)
         return label.to(torch.uint8), confidence, out["instance_offsets"], out["inverse_depth"]
 
 
-def export_fp32(model: SceneModel, path: Path, height: int, width: int) -> None:
-    """Trace ``model`` to ONNX at ``path`` with dynamic batch, height and width."""
-    graph = InferenceGraph(model).eval()
+def export_fp32(
+    model: SceneModel, path: Path, height: int, width: int, graph_type: type[InferenceGraph] = InferenceGraph
+) -> None:
+    """Trace ``model``, wrapped in ``graph_type``, to ONNX at ``path`` with dynamic batch, height, width."""
+    graph = graph_type(model).eval()
     example = torch.zeros(2, height, width, 3, dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1, max=1024)
     rows = torch.export.Dim("height", min=32, max=8192)

@@ -1,11 +1,13 @@
 """Dynamic micro-batching: requests that arrive close together share one ONNX Runtime run.
 
 Every request puts its preprocessed image (``uint8 [H, W, 3]`` at the model's input size,
-so images stack) on a bounded asyncio queue and awaits a future. One batcher task takes
-the first waiting image, keeps collecting for up to ``window_s`` or until
-``max_batch_size``, and runs the stacked batch in a single worker thread, so the event
-loop never blocks on inference and ORT is never entered by two batches at once (it
-parallelises inside a run).
+so images stack) on a bounded asyncio queue and awaits a future. One batcher task waits
+for one of ``streams`` inference threads to be free, then takes the first waiting image,
+keeps collecting for up to ``window_s`` or until ``max_batch_size``, and runs the stacked
+batch in that thread, so the event loop never blocks on inference. With one stream (a
+GPU) ORT is never entered by two batches at once and requests that arrive during a run
+form the next batch; on a CPU, where batching does not pay, a stream per core runs
+single images side by side, each on its own core (`service.runtime` sizes the threads).
 
 The window is held open only while another request is known to be on its way: the
 pipeline marks each request with `MicroBatcher.incoming` while it decodes and
@@ -90,8 +92,10 @@ class MicroBatcher:
         window_s: float,
         max_batch_size: int,
         queue_size: int,
+        streams: int = 1,
     ) -> None:
         self._run_batch = run_batch
+        self._streams = streams
         self._window_s = window_s
         self._max_batch_size = max_batch_size
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=queue_size)
@@ -119,7 +123,7 @@ class MicroBatcher:
 
     def start(self) -> None:
         """Start the batcher task on the running event loop."""
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scene-inference")
+        self._executor = ThreadPoolExecutor(max_workers=self._streams, thread_name_prefix="scene-inference")
         self._task = asyncio.get_running_loop().create_task(self._serve(), name="scene-micro-batcher")
 
     async def stop(self) -> None:
@@ -163,14 +167,31 @@ class MicroBatcher:
             raise InferenceTimeoutError(f"no result within {timeout_s:g} s; server overloaded") from None
 
     async def _serve(self) -> None:
-        while True:
-            batch: list[_Pending] = []
-            try:
-                await self._collect(batch)
-            except asyncio.CancelledError:
-                _fail(batch, ShuttingDownError("the server is shutting down"))
-                raise
-            await self._run(batch)
+        free = asyncio.Semaphore(self._streams)
+        running: set[asyncio.Task[None]] = set()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            free.release()
+
+        try:
+            while True:
+                # A batch is collected only once a stream can run it: until then requests
+                # queue up, and on a single stream they meet in the next batch.
+                await free.acquire()
+                batch: list[_Pending] = []
+                try:
+                    await self._collect(batch)
+                except asyncio.CancelledError:
+                    _fail(batch, ShuttingDownError("the server is shutting down"))
+                    raise
+                task = asyncio.get_running_loop().create_task(self._run(batch))
+                running.add(task)
+                task.add_done_callback(finished)
+        finally:
+            for task in list(running):
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
 
     async def _collect(self, batch: list[_Pending]) -> None:
         """Wait for a live request, then gather more into ``batch`` for up to the window

@@ -9,6 +9,7 @@ then sets `ready`; `run` is synchronous and is meant to be called from a worker 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,20 @@ def choose_providers(preferred: list[str], available: list[str]) -> list[str]:
     return chosen
 
 
+def batch_plan(settings: Settings, provider: str) -> tuple[int, int]:
+    """``(streams, max_batch_size)`` for the provider in use, where the settings leave them at 0.
+
+    On a GPU one stream runs batches of up to 8: the device parallelises inside a run.
+    On the CPU a batch of 8 takes as long as 8 single images (docs/benchmarks.md), so
+    batching only adds waiting; instead a stream per core runs single images side by
+    side, each with one ORT thread (see `ModelRuntime.load`).
+    """
+    on_gpu = provider in GPU_PROVIDERS
+    streams = settings.inference_streams or (1 if on_gpu else os.cpu_count() or 1)
+    max_batch_size = settings.max_batch_size or (8 if on_gpu else 1)
+    return streams, max_batch_size
+
+
 def _spec(node: Any) -> TensorSpec:
     shape = tuple(dim if isinstance(dim, int) else -1 for dim in node.shape)
     return TensorSpec(node.name, _V2_DATATYPES.get(node.type, node.type), shape)
@@ -119,7 +134,16 @@ class ModelRuntime:
                     ort.preload_dlls()
                 except Exception as error:
                     logger.warning("onnxruntime.preload_dlls() failed: %s", error)
-        session, card = open_model(settings.model_path, providers, settings.intra_op_threads)
+        threads = settings.intra_op_threads
+        cpu_only = not GPU_PROVIDERS.intersection(providers)
+        if cpu_only and not threads:
+            cores = os.cpu_count() or 1
+            # Concurrent runs share the cores: split them between the streams rather
+            # than let each run start a thread per core.
+            threads = max(1, cores // (settings.inference_streams or cores))
+        # Idle ORT threads otherwise spin on the CPU, burning the core that decoding and
+        # encoding of other requests need.
+        session, card = open_model(settings.model_path, providers, threads, allow_spinning=not cpu_only)
         runtime = cls(session, card)
         if runtime.provider != providers[0]:
             logger.warning("preferred %s is unavailable here; running on %s", providers[0], runtime.provider)
@@ -192,7 +216,7 @@ class ModelRuntime:
 
 
 def open_model(
-    path: Path, providers: list[str], intra_op_threads: int = 0
+    path: Path, providers: list[str], intra_op_threads: int = 0, allow_spinning: bool = True
 ) -> tuple[ort.InferenceSession, ModelCard]:
     """An ORT session on ``path`` and its model card, checked against the contract.
 
@@ -203,6 +227,8 @@ def open_model(
         raise ModelLoadError(f"no model file at {path}")
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
+    if not allow_spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)

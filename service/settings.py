@@ -76,7 +76,16 @@ class Settings(BaseSettings):
         ge=0,
         description="Longest the batcher holds a batch open for requests already being decoded.",
     )
-    max_batch_size: int = Field(default=8, ge=1, description="Most images in one ONNX Runtime run.")
+    max_batch_size: int = Field(
+        default=0,
+        ge=0,
+        description="Most images in one ONNX Runtime run (0: 8 on a GPU; 1 on a CPU, where it does not pay).",
+    )
+    inference_streams: int = Field(
+        default=0,
+        ge=0,
+        description="ONNX Runtime runs at once (0: 1 on a GPU; one per core on the CPU, one thread each).",
+    )
     queue_size: int = Field(default=64, ge=1, description="Images waiting for the batcher; beyond it → 503.")
     request_timeout_s: float = Field(
         default=30.0, gt=0, description="Longest a request may take, from decoding to the encoded answer."

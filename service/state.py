@@ -21,7 +21,7 @@ from prometheus_client import multiprocess
 from service.batching import MicroBatcher
 from service.metrics import MULTIPROC_ENV
 from service.pipeline import Pipeline
-from service.runtime import ModelRuntime
+from service.runtime import ModelRuntime, batch_plan
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ class ServiceState:
     batcher: MicroBatcher | None = None
     pipeline: Pipeline | None = None
     warm_up_error: str | None = None
+    max_batch_size: int = 1
     _warm_up_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -46,11 +47,13 @@ class ServiceState:
         """Load the model and start batching; warm-up continues in the background."""
         settings = self.settings
         runtime = await asyncio.to_thread(ModelRuntime.load, settings)
+        streams, self.max_batch_size = batch_plan(settings, runtime.provider)
         batcher = MicroBatcher(
             runtime.run,
             window_s=settings.batch_window_ms / 1000,
-            max_batch_size=settings.max_batch_size,
+            max_batch_size=self.max_batch_size,
             queue_size=settings.queue_size,
+            streams=streams,
         )
         batcher.start()
         self.runtime, self.batcher = runtime, batcher
@@ -60,7 +63,7 @@ class ServiceState:
     async def _warm_up(self, runtime: ModelRuntime) -> None:
         try:
             # A full batch too: the first burst of traffic should not be what grows ORT's arenas.
-            await asyncio.to_thread(runtime.warm_up, (1, self.settings.max_batch_size))
+            await asyncio.to_thread(runtime.warm_up, (1, self.max_batch_size))
         except Exception as error:
             logger.exception("warm-up failed; the service will stay unready")
             self.warm_up_error = f"warm-up failed: {error}"

@@ -93,6 +93,9 @@ def test_dynamic_batch_and_size_match_pytorch(
         reference = model(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)
     np.testing.assert_allclose(offsets, reference["instance_offsets"].numpy(), atol=1e-4)
     np.testing.assert_array_equal(semantic, reference["semantic_logits"].argmax(1).numpy())
+    # The graph computes it on a channel-last layout; it must still be the winning class's probability.
+    probability = torch.softmax(reference["semantic_logits"], dim=1).amax(dim=1).numpy()
+    np.testing.assert_allclose(confidence, probability, atol=1e-5)
 
 
 @pytest.mark.parametrize("variant", ["fp16", "int8"])

@@ -108,7 +108,8 @@ async def test_failed_warm_up_fails_liveness(
 async def test_full_queue_is_503_with_retry_after(
     make_settings: Callable[..., Settings], serve: Serve, scene_png: bytes, gate: ModelGate
 ) -> None:
-    app = create_app(make_settings(queue_size=1, max_batch_size=1))
+    # One run at a time: the held run plus one queued image fill the service.
+    app = create_app(make_settings(queue_size=1, max_batch_size=1, inference_streams=1))
     async with serve(app) as client:
         gate.hold.set()
         try:

@@ -83,7 +83,7 @@ async def test_errors_are_counted_by_reason_and_status_class(client: httpx.Async
 async def test_concurrent_requests_are_batched(
     make_settings: Callable[..., Settings], serve: Serve, scene_png: bytes
 ) -> None:
-    app = create_app(make_settings(batch_window_ms=50, max_batch_size=8))
+    app = create_app(make_settings(batch_window_ms=50, max_batch_size=8, inference_streams=1))
     async with serve(app) as client:
         before = await scrape(client)
         responses = await asyncio.gather(

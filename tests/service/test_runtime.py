@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 
 from model_export.contract import METADATA_KEY
 from service import runtime as runtime_module
-from service.runtime import ModelLoadError, ModelRuntime, choose_providers
+from service.runtime import ModelLoadError, ModelRuntime, batch_plan, choose_providers
 from service.settings import DEFAULT_PROVIDERS, Settings
 
 
@@ -142,3 +143,15 @@ def test_model_missing_an_output_is_refused(
     onnx.save(model, path)
     with pytest.raises(ModelLoadError, match="inverse_depth"):
         ModelRuntime.load(make_settings(model_path=path))
+
+
+def test_batching_is_for_gpus_and_cpus_run_one_image_per_core() -> None:
+    cores = os.cpu_count() or 1
+    assert batch_plan(Settings(), "CUDAExecutionProvider") == (1, 8)
+    assert batch_plan(Settings(), "CPUExecutionProvider") == (cores, 1)
+    chosen = Settings(max_batch_size=4, inference_streams=2)
+    assert (
+        batch_plan(chosen, "CPUExecutionProvider")
+        == batch_plan(chosen, "TensorrtExecutionProvider")
+        == (2, 4)
+    )

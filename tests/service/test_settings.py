@@ -15,7 +15,7 @@ def test_defaults_are_safe_for_a_single_host() -> None:
     assert settings.host == "127.0.0.1"
     assert settings.port == 8000
     assert settings.max_body_bytes == 20 * 2**20
-    assert settings.max_batch_size == 8
+    assert settings.max_batch_size == 0  # chosen per provider: service.runtime.batch_plan
     assert settings.providers == DEFAULT_PROVIDERS
     assert settings.api_token is None
     assert settings.cors_origins == []

@@ -11,7 +11,7 @@ from service import metrics
 from service.api.deps import PipelineDep, require_token
 from service.disconnect import cancel_on_disconnect
 from service.limits import BodyPace, check_request
-from service.pipeline import PredictOptions
+from service.pipeline import Prediction, PredictOptions
 from service.schemas import ErrorResponse, Output, PredictResponse, Resolution
 from service.upload import IMAGE_FIELD, IMAGE_MEDIA_TYPES, MULTIPART, read_image_bytes
 
@@ -136,9 +136,11 @@ async def predict(
                 media_type=NPZ_MEDIA_TYPE,
                 headers={"Server-Timing": f"{server_timing}, total;dur={total_ms:.3f}"},
             )
-        return await cancel_on_disconnect(
-            request.receive,
-            pipeline.predict(
-                data, options, lambda prediction: pipeline.encode_json(prediction, options, started)
-            ),
-        )
+
+        def encode_json(prediction: Prediction) -> str:
+            # Serialised here, in the worker thread, and sent as it is: FastAPI would
+            # otherwise re-validate the response and encode it on the event loop.
+            return pipeline.encode_json(prediction, options, started).model_dump_json(by_alias=True)
+
+        answer = await cancel_on_disconnect(request.receive, pipeline.predict(data, options, encode_json))
+        return Response(answer, media_type="application/json")

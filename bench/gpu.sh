@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The GPU measurements in one prepared run, within 8 minutes; results in $OUT/gpu-results.json
+# and the log in $OUT/gpu-run.log.
+#
+#   OUT=/some/folder bench/gpu.sh            # on a GPU machine (NVIDIA, CUDA 13)
+#   OUT=/some/folder bench/gpu.sh --dry-run  # anywhere: the same steps on the CPU, tiny
+#
+# Python: $PYTHON if set, else .venv/bin/python if it imports onnxruntime, else a fresh
+# .venv-gpu with the train, serve and dev extras installed by pip (3 minutes at most). A
+# machine without a package index keeps whatever it has, and the results say what was
+# missing. Everything else is bench/gpu.py (see its docstring for what is measured).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+started=$(date +%s)
+OUT=${OUT:?set OUT to the folder for the results}
+mkdir -p "$OUT"
+log="$OUT/gpu-run.log"
+dry_run=""
+[[ "${1:-}" == "--dry-run" ]] && dry_run="--dry-run"
+
+say() { echo "[gpu.sh $(($(date +%s) - started))s] $*" | tee -a "$log"; }
+
+pick_python() {
+    if [[ -n "${PYTHON:-}" ]]; then echo "$PYTHON"; return; fi
+    if .venv/bin/python -c "import onnxruntime" 2>/dev/null; then echo .venv/bin/python; return; fi
+    if [[ ! -x .venv-gpu/bin/python ]]; then
+        python3 -m venv --system-site-packages .venv-gpu >>"$log" 2>&1 || { echo python3; return; }
+    fi
+    say "installing the train, serve and dev extras into .venv-gpu (at most 180 s)"
+    if ! timeout 180 .venv-gpu/bin/pip install --quiet -e '.[train,serve,dev]' >>"$log" 2>&1; then
+        say "pip install failed or timed out (no package index?); using what is installed"
+    fi
+    echo .venv-gpu/bin/python
+}
+
+python=$(pick_python)
+say "python: $python"
+nvidia-smi >>"$log" 2>&1 || say "nvidia-smi is not available"
+for module in onnxruntime torch fastapi uvicorn httpx onnx; do
+    "$python" -c "import $module" 2>/dev/null || say "missing python module: $module"
+done
+"$python" -c "import onnxruntime as ort; print('onnxruntime', ort.__version__, ort.get_available_providers())" \
+    2>&1 | tee -a "$log"
+
+# What is left of the 8 minutes, less a margin for writing up.
+left=$((480 - ($(date +%s) - started) - 30))
+say "running bench/gpu.py with ${left}s left"
+timeout $((left + 20)) "$python" -m bench.gpu --out "$OUT/gpu-results.json" --deadline-s "$left" $dry_run \
+    >>"$log" 2>&1
+status=$?
+say "bench/gpu.py exited with $status; results in $OUT/gpu-results.json"
+exit $status

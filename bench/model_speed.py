@@ -1,0 +1,166 @@
+"""The model alone on the CPU: the class softmax over the channel axis (before) or the last axis (after).
+
+    python -m bench.model_speed --checkpoint runs/x/last.pt [--runs 5] [--threads 2] [--profile-runs 20]
+    python -m bench.model_speed --config configs/default.yaml   # a freshly built model of that config
+    python -m bench.model_speed --smoke     # a tiny freshly built model, to check the script works
+
+Exports the model twice with the same weights: as shipped (`InferenceGraph`: the
+logits moved to [N, H, W, C], softmax, max and argmax along the last axis) and as it
+was (`SoftmaxConfidenceGraph`: the same over the class axis of [N, C, H, W]). Both
+run in ONNX Runtime on the CPU provider with every graph optimisation, batch 1 at the
+training resolution: median of ``runs`` repetitions of 20 runs after warm-up, the two
+files taking turns, wall time and the process's CPU time per image (the latter holds
+on a machine shared with other work). On generated test scenes and noise it checks
+that the labels are identical and reports the largest confidence difference; with
+``--profile-runs`` it adds ONNX Runtime's profile: the share of kernel time of each
+operator type.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+import torch
+from torch import Tensor
+
+from model_export.contract import INPUT_NAME, OUTPUT_NAMES
+from model_export.export import InferenceGraph, export_fp32, verification_images
+from training.checkpoint import model_from_checkpoint
+from training.config import load_config
+from training.model import SceneModel
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class SoftmaxConfidenceGraph(InferenceGraph):
+    """The graph before the change: softmax, max and argmax over axis 1 of [N, C, H, W] (the baseline)."""
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        x = image.permute(0, 3, 1, 2).float() / 255.0
+        out = self.model(x)
+        confidence, label = torch.softmax(out["semantic_logits"], dim=1).max(dim=1)
+        return label.to(torch.uint8), confidence, out["instance_offsets"], out["inverse_depth"]
+
+
+def session(path: Path, threads: int, profile: bool = False) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if profile:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(path.with_suffix(""))
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def kernel_shares(path: Path, image: npt.NDArray[np.uint8], threads: int, runs: int) -> dict[str, float]:
+    """Fraction of kernel time per operator type over ``runs`` profiled runs, largest first."""
+    profiled = session(path, threads, profile=True)
+    for _ in range(runs):
+        profiled.run(None, {INPUT_NAME: image})
+    trace = json.loads(Path(profiled.end_profiling()).read_text())
+    totals: collections.Counter[str] = collections.Counter()
+    for event in trace:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            totals[event["args"]["op_name"]] += event["dur"]
+    whole = sum(totals.values())
+    return {op: dur / whole for op, dur in totals.most_common()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    source_group = parser.add_mutually_exclusive_group()
+    source_group.add_argument("--checkpoint", type=Path, help="scene-train checkpoint")
+    source_group.add_argument(
+        "--config", type=Path, help="a training config: its model, freshly built (seed 0)"
+    )
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2, help="ORT intra-op threads")
+    parser.add_argument("--profile-runs", type=int, default=20, help="0: no ORT profile")
+    parser.add_argument("--smoke", action="store_true", help="a freshly built smoke-config model, few runs")
+    args = parser.parse_args(argv)
+    if args.smoke or args.config is not None:
+        config_path = REPO / "configs/smoke.yaml" if args.smoke else args.config
+        config = load_config(config_path)
+        torch.manual_seed(0)
+        model = SceneModel(config.model).eval()
+        height, width, source = config.data.height, config.data.width, f"freshly built model of {config_path}"
+        if args.smoke:
+            args.runs, args.profile_runs = 1, 2
+    elif args.checkpoint is None:
+        parser.error("give --checkpoint, --config or --smoke")
+    else:
+        model, state = model_from_checkpoint(args.checkpoint)
+        height, width = state["config"].data.height, state["config"].data.width
+        source = f"{args.checkpoint} (step {state['step']})"
+    images = verification_images(height, width, scenes=4 if args.smoke else 30)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {
+            "class axis (before)": Path(tmp) / "before.onnx",
+            "last axis (after)": Path(tmp) / "after.onnx",
+        }
+        export_fp32(model, paths["class axis (before)"], height, width, SoftmaxConfidenceGraph)
+        export_fp32(model, paths["last axis (after)"], height, width)
+        sessions = {name: session(path, args.threads) for name, path in paths.items()}
+        outputs = {
+            name: [s.run(list(OUTPUT_NAMES), {INPUT_NAME: images[i : i + 1]}) for i in range(len(images))]
+            for name, s in sessions.items()
+        }
+        before, after = outputs.values()
+        labels_differ = sum(int((b[0] != a[0]).sum()) for b, a in zip(before, after, strict=True))
+        confidence_diff = max(float(np.abs(b[1] - a[1]).max()) for b, a in zip(before, after, strict=True))
+
+        image = images[-1:]
+        timings: dict[str, list[float]] = {name: [] for name in sessions}
+        cpu_times: dict[str, list[float]] = {name: [] for name in sessions}
+        for s in sessions.values():
+            for _ in range(3):
+                s.run(None, {INPUT_NAME: image})
+        for _ in range(args.runs):
+            for name, s in sessions.items():
+                started, cpu_started = time.perf_counter(), time.process_time()
+                for _ in range(20):
+                    s.run(None, {INPUT_NAME: image})
+                timings[name].append((time.perf_counter() - started) / 20 * 1000)
+                cpu_times[name].append((time.process_time() - cpu_started) / 20 * 1000)
+        shares = (
+            {
+                name: kernel_shares(path, image, args.threads, args.profile_runs)
+                for name, path in paths.items()
+            }
+            if args.profile_runs
+            else {}
+        )
+
+    print(f"{source}, batch 1 at {height}x{width}, onnxruntime {ort.__version__}, {args.threads} threads")
+    print(
+        f"labels differing: {labels_differ} of {sum(b[0].size for b in before)} pixels; "
+        f"largest confidence difference {confidence_diff:.2e}"
+    )
+    medians = {name: statistics.median(values) for name, values in timings.items()}
+    cpu = {name: statistics.median(values) for name, values in cpu_times.items()}
+    baseline = "class axis (before)"
+    for name, ms in medians.items():
+        runs = " / ".join(f"{v:.2f}" for v in timings[name])
+        print(
+            f"{name:>24}: {ms:6.2f} ms/image wall, {medians[baseline] / ms:.2f}x; "
+            f"{cpu[name]:6.2f} ms CPU, {cpu[baseline] / cpu[name]:.2f}x  (wall runs {runs})"
+        )
+        if name in shares:
+            top = ", ".join(f"{op} {100 * share:.0f}%" for op, share in list(shares[name].items())[:5])
+            print(f"{'':>24}  kernel time: {top}")
+
+
+if __name__ == "__main__":
+    main()

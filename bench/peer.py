@@ -1,0 +1,388 @@
+"""scene-serve against a naive FastAPI + ONNX Runtime server, side by side, in one run.
+
+    python -m bench.peer [--model models/default/model.onnx] [--clients 1 4 16 32]
+                         [--rounds 3] [--requests 200] [--jpeg-requests 40]
+                         [--load-generator hey|httpx] [--json out.json] [--smoke]
+
+Both servers run at once on 127.0.0.1 with the same model on the CPU provider:
+``scene-serve`` with its defaults, and `bench.naive_server` (one ``session.run`` per
+request in the thread pool, Pillow, two base64 PNGs back). Each is sent the same
+images — a 128x256 PNG street scene and a 2048x1024 JPEG of a scene rendered at that
+size — at each client count, a bounded number of requests per round, closed loop
+(each client sends its next request when the last is answered). Rounds alternate
+which server goes first; every figure is the median over the rounds.
+
+The load generator is ``hey`` when it is on PATH (Go, light on the shared CPU), else
+an asyncio ``httpx`` client. It runs on the same machine as both servers, so
+absolute figures are a floor; the ratio between the servers in one run is what
+counts, and so does each server's CPU time per answered request (user + system, all
+its threads, from /proc), which holds when other work shares the CPU — there a
+server with more runnable threads simply gets a larger share of it, whatever its
+efficiency. Also reported: ONNX Runtime alone on the PNG's pixels (batch 1, the
+servers' thread setting), so "overhead" = scene-serve's p50 at 1 client / model-only
+p50. ``--smoke`` runs a tiny version (1 and 2 clients, a few requests, a smaller
+JPEG) to check the script works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from model_export.contract import INPUT_NAME
+from training.data.procedural import ProceduralScenes
+
+SERVERS = ("scene-serve", "naive")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Payload:
+    name: str
+    media_type: str
+    data: bytes
+    requests: int
+
+
+@dataclass(frozen=True)
+class Round:
+    throughput_rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    cpu_ms_per_request: float | None = None
+
+
+@dataclass(frozen=True)
+class Figure:
+    server: str
+    image: str
+    clients: int
+    throughput_rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    cpu_ms_per_request: float | None
+    rounds: list[Round]
+
+
+def scene_image(height: int, width: int, seed: int) -> Image.Image:
+    """One procedural street scene (test split) rendered at ``height`` x ``width``."""
+    scenes = ProceduralScenes(split="test", seed=seed, count=1, height=height, width=width)
+    return Image.fromarray(scenes[0].image)
+
+
+def payloads(smoke: bool, requests: int, jpeg_requests: int) -> list[Payload]:
+    png, jpeg = io.BytesIO(), io.BytesIO()
+    scene_image(128, 256, seed=11).save(png, format="PNG")
+    height, width = (256, 512) if smoke else (1024, 2048)
+    scene_image(height, width, seed=12).save(jpeg, format="JPEG", quality=90)
+    return [
+        Payload("128x256 PNG", "image/png", png.getvalue(), requests),
+        Payload(f"{width}x{height} JPEG", "image/jpeg", jpeg.getvalue(), jpeg_requests),
+    ]
+
+
+def model_only_p50(model: Path, png: bytes, threads: int, runs: int) -> float:
+    """Median milliseconds of one batch-1 ORT run on the PNG's pixels (CPU provider)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))[None]
+    for _ in range(3):
+        session.run(None, {INPUT_NAME: image})
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        session.run(None, {INPUT_NAME: image})
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def have_hey() -> bool:
+    return shutil.which("hey") is not None
+
+
+@contextmanager
+def server(
+    name: str,
+    model: Path,
+    threads: int,
+    providers: str = "CPUExecutionProvider",
+    env: dict[str, str] | None = None,
+    checkout: Path = REPO,
+) -> Iterator[str]:
+    """``name`` ("scene-serve" or "naive") on a free loopback port, ready; stopped on exit.
+
+    ``providers``: ONNX Runtime providers, comma-separated, in order; ``env``: more
+    environment variables for the server (``SCENE_*`` settings, say); ``checkout``: the
+    copy of this repository whose code the server runs.
+    """
+    port = free_port()
+    environment = {**os.environ, "PYTHONPATH": str(checkout), **(env or {})}
+    environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    if name == "scene-serve":
+        environment |= {"SCENE_PROVIDERS": providers, "SCENE_INTRA_OP_THREADS": str(threads)}
+        command = [sys.executable, "-m", "service.cli", "--model", str(model.resolve()), "--port", str(port)]
+        ready_path = "/readyz"
+    else:
+        environment |= {"NAIVE_MODEL": str(model.resolve()), "NAIVE_PROVIDERS": providers}
+        command = [sys.executable, "-m", "uvicorn", "bench.naive_server:app", "--port", str(port)]
+        ready_path = "/openapi.json"
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            [*command, "--host", "127.0.0.1", "--log-level", "warning"],
+            env=environment,
+            cwd=checkout,
+            stdout=log,
+            stderr=log,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise RuntimeError(f"{name} did not become ready:\n{log.read().decode()}")
+                try:
+                    if httpx.get(base + ready_path, timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+            _PIDS[base] = process.pid
+            yield base
+        finally:
+            _PIDS.pop(base, None)
+            process.terminate()
+            process.wait(timeout=30)
+
+
+_PIDS: dict[str, int] = {}
+Load = Callable[[str, Payload, int, int], Round]
+
+
+def server_cpu_s(url: str) -> float | None:
+    """CPU seconds (user + system, every thread) the server answering ``url`` has used so far;
+    None where /proc is not there to read it from."""
+    pid = next((pid for base, pid in _PIDS.items() if url.startswith(base)), None)
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured_round(load: Load, url: str, payload: Payload, clients: int, requests: int) -> Round:
+    """One round of ``load``, with the server's CPU milliseconds per answered request: a
+    cost that holds when other work shares the machine, where requests per second do not."""
+    cpu_before = server_cpu_s(url)
+    result = load(url, payload, clients, requests)
+    cpu_after = server_cpu_s(url)
+    answered = requests - result.errors
+    if cpu_before is None or cpu_after is None or answered == 0:
+        return result
+    return dataclasses.replace(result, cpu_ms_per_request=(cpu_after - cpu_before) * 1000 / answered)
+
+
+def provider_in_use(name: str, base: str, payload: Payload) -> str:
+    """The execution provider the server's session really runs on, from one answer."""
+    response = httpx.post(
+        base + "/predict", content=payload.data, headers={"Content-Type": payload.media_type}, timeout=120
+    )
+    response.raise_for_status()
+    body = response.json()
+    return str(body["model"]["execution_provider"] if name == "scene-serve" else body["provider"])
+
+
+def load_with_hey(url: str, payload: Payload, clients: int, requests: int) -> Round:
+    """One round with ``hey``: ``requests`` POSTs from ``clients`` concurrent workers.
+
+    Read from hey's per-request CSV (failed requests have no row, so errors are the
+    requests without a 200 row); req/s = answered requests / time to the last answer.
+    """
+    with tempfile.NamedTemporaryFile(suffix=".bin") as body:
+        body.write(payload.data)
+        body.flush()
+        command = ["hey", "-n", str(requests), "-c", str(clients), "-m", "POST", "-t", "120", "-o", "csv"]
+        result = subprocess.run(
+            [*command, "-T", payload.media_type, "-D", body.name, url],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=True,
+        )
+    rows = [line.split(",") for line in result.stdout.splitlines()[1:] if line.strip()]
+    latencies = [float(row[0]) * 1000 for row in rows if row[6] == "200"]
+    if not latencies:
+        raise RuntimeError(f"no request succeeded:\n{result.stdout[:2000]}{result.stderr[:2000]}")
+    wall = max(float(row[7]) + float(row[0]) for row in rows)
+    p50, p99 = np.percentile(latencies, [50, 99])
+    return Round(len(latencies) / wall, float(p50), float(p99), requests - len(latencies))
+
+
+async def _load_with_httpx(url: str, payload: Payload, clients: int, requests: int) -> Round:
+    latencies: list[float] = []
+    errors = 0
+    counter = iter(range(requests))
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    headers = {"Content-Type": payload.media_type}
+    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+
+        async def one_client() -> None:
+            nonlocal errors
+            for _ in counter:
+                started = time.perf_counter()
+                try:
+                    response = await client.post(url, content=payload.data, headers=headers)
+                    await response.aread()
+                    errors += response.status_code != 200
+                except httpx.HTTPError:
+                    errors += 1
+                latencies.append((time.perf_counter() - started) * 1000)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+        wall = time.perf_counter() - started
+    p50, p99 = np.percentile(latencies, [50, 99])
+    return Round(len(latencies) / wall, float(p50), float(p99), errors)
+
+
+def load_with_httpx(url: str, payload: Payload, clients: int, requests: int) -> Round:
+    """One round with an asyncio httpx client, closed loop like ``hey``."""
+    return asyncio.run(_load_with_httpx(url, payload, clients, requests))
+
+
+def median_figure(server: str, payload: Payload, clients: int, rounds: list[Round]) -> Figure:
+    return Figure(
+        server=server,
+        image=payload.name,
+        clients=clients,
+        throughput_rps=statistics.median(r.throughput_rps for r in rounds),
+        p50_ms=statistics.median(r.p50_ms for r in rounds),
+        p99_ms=statistics.median(r.p99_ms for r in rounds),
+        errors=sum(r.errors for r in rounds),
+        cpu_ms_per_request=(
+            statistics.median(r.cpu_ms_per_request for r in rounds if r.cpu_ms_per_request is not None)
+            if all(r.cpu_ms_per_request is not None for r in rounds)
+            else None
+        ),
+        rounds=rounds,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", type=Path, default=REPO / "models/default/model.onnx")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 32])
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per setting; medians are reported")
+    parser.add_argument("--requests", type=int, default=200, help="PNG requests per round")
+    parser.add_argument("--jpeg-requests", type=int, default=40, help="JPEG requests per round")
+    parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: ORT decides)")
+    parser.add_argument("--load-generator", choices=["hey", "httpx"], help="default: hey when on PATH")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="another checkout whose scene-serve runs alongside, as 'scene-serve (before)'",
+    )
+    parser.add_argument("--images", choices=["png", "jpeg", "both"], default="both")
+    parser.add_argument("--smoke", action="store_true", help="a tiny run that checks the script works")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.clients, args.rounds, args.requests, args.jpeg_requests = [1, 2], 1, 4, 2
+    generator = args.load_generator or ("hey" if have_hey() else "httpx")
+    load = load_with_hey if generator == "hey" else load_with_httpx
+    images = payloads(args.smoke, args.requests, args.jpeg_requests)
+    images = [p for p in images if args.images == "both" or p.media_type == f"image/{args.images}"]
+    # A SIGTERM (a timeout, say) unwinds like an exception, so the servers are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    baseline = model_only_p50(args.model, images[0].data, args.threads, 10 if args.smoke else 100)
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"onnxruntime {ort.__version__}, load generator {generator}"
+    )
+    print(f"model only (ORT, batch 1, 128x256): p50 {baseline:.2f} ms")
+    figures: list[Figure] = []
+    with contextlib.ExitStack() as running:
+        urls = {
+            name: running.enter_context(server(name, args.model, args.threads)) + "/predict"
+            for name in SERVERS
+        }
+        if args.before is not None:
+            before = server("scene-serve", args.model, args.threads, checkout=args.before.resolve())
+            urls["scene-serve (before)"] = running.enter_context(before) + "/predict"
+        names = list(urls)
+        for payload in images:
+            for name in names:  # warm every server's code paths for this image
+                load(urls[name], payload, 2, 4)
+            for clients in args.clients:
+                # hey sends requests // clients per worker: keep it a whole multiple.
+                requests = max(payload.requests, 2 * clients) // clients * clients
+                rounds: dict[str, list[Round]] = {name: [] for name in names}
+                for index in range(args.rounds):
+                    # Each round starts with another server, so drifting load spreads evenly.
+                    for name in names[index % len(names) :] + names[: index % len(names)]:
+                        rounds[name].append(measured_round(load, urls[name], payload, clients, requests))
+                row = {name: median_figure(name, payload, clients, rounds[name]) for name in names}
+                figures.extend(row.values())
+                ratio = row["scene-serve"].throughput_rps / row["naive"].throughput_rps
+                print(
+                    f"{payload.name:>15} clients {clients:2}: "
+                    + "   ".join(
+                        f"{f.server} {f.throughput_rps:6.1f} req/s p50 {f.p50_ms:7.1f} "
+                        f"p99 {f.p99_ms:7.1f} ms errors {f.errors} CPU {f.cpu_ms_per_request or 0:.1f} ms/req"
+                        for f in row.values()
+                    )
+                    + f"   scene-serve/naive {ratio:.2f}x"
+                )
+    ours_single = next(f for f in figures if f.server == "scene-serve" and f.clients == min(args.clients))
+    overhead = ours_single.p50_ms / baseline
+    print(f"service overhead: {overhead:.2f}x (scene-serve p50 at 1 client / model-only p50)")
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "load_generator": generator,
+                    "model_only_p50_ms": baseline,
+                    "figures": [asdict(f) for f in figures],
+                },
+                indent=2,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""The side-by-side benchmark against a naive server keeps working (figures: docs/benchmarks.md)."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import peer
+
+NO_HEY = pytest.mark.skipif(shutil.which("hey") is None, reason="hey is not installed")
+GENERATORS = ["httpx", pytest.param("hey", marks=NO_HEY)]
+
+
+@pytest.mark.parametrize("generator", GENERATORS)
+def test_peer_smoke_run_reports_both_servers_without_errors(generator: str, tmp_path: Path) -> None:
+    out = tmp_path / "peer.json"
+    peer.main(["--smoke", "--load-generator", generator, "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert report["load_generator"] == generator and report["model_only_p50_ms"] > 0
+    figures = report["figures"]
+    assert {(f["server"], f["image"], f["clients"]) for f in figures} == {
+        (server, image, clients)
+        for server in ("scene-serve", "naive")
+        for image in ("128x256 PNG", "512x256 JPEG")
+        for clients in (1, 2)
+    }
+    for figure in figures:
+        assert figure["errors"] == 0, figure
+        assert figure["throughput_rps"] > 0 and 0 < figure["p50_ms"] <= figure["p99_ms"]
+        assert sys.platform != "linux" or figure["cpu_ms_per_request"] > 0

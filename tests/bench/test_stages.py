@@ -1,0 +1,20 @@
+"""The per-stage CPU cost benchmark keeps working (its figures live in docs/benchmarks.md)."""
+
+import pytest
+
+from bench import stages
+
+
+def test_stages_smoke_run_reports_every_stage_for_both_images(capsys: pytest.CaptureFixture[str]) -> None:
+    stages.main(["--smoke"])
+    out = capsys.readouterr().out
+    assert "128x256 PNG" in out and "512x256 JPEG" in out
+    for stage in (
+        "decode + resize",
+        "model (1 thread)",
+        "postprocess",
+        "encode",
+        "JSON text",
+        "service stages",
+    ):
+        assert out.count(stage) == 2, stage
