@@ -184,7 +184,8 @@ async def test_a_request_whose_client_left_while_queued_is_never_run(
         return real_run(self, images)
 
     monkeypatch.setattr(ModelRuntime, "run", gated_run)
-    app = create_app(make_settings(max_batch_size=1))
+    # One inference run at a time, so the second request has to wait in the queue.
+    app = create_app(make_settings(max_batch_size=1, inference_streams=1))
     async with serve(app) as client:
         batcher = app.state.service.batcher
         armed = True

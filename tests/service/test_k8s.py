@@ -559,7 +559,13 @@ def slow_server(model_path: Path, tmp_path: Path) -> Iterator[tuple[subprocess.P
     server, base = start_server(
         model_path,
         tmp_path / "server.log",
-        {"SCENE_CPU_CONCURRENCY": "1", "SCENE_SHUTDOWN_TIMEOUT_S": "60", "SCENE_REQUEST_TIMEOUT_S": "60"},
+        {
+            "SCENE_CPU_CONCURRENCY": "1",
+            "SCENE_SHUTDOWN_TIMEOUT_S": "60",
+            "SCENE_REQUEST_TIMEOUT_S": "60",
+            # The 1536x1536 requests ask for maps past the default response budget.
+            "SCENE_MAX_OUTPUT_PIXELS": str(1536 * 1536),
+        },
     )
     try:
         yield server, base
