@@ -163,8 +163,9 @@ def camvid_prediction_grid(
         [],
         (["image", "labels"] if with_data else []) + ["classes", "instance offsets", "inv. depth"],
     )
-    for i in range(min(count, len(scenes))):
-        sample = scenes[i]
+    # Frames spread over the split: neighbouring frames of a video are near-duplicates.
+    for i in np.linspace(0, len(scenes) - 1, min(count, len(scenes))).round().astype(int):
+        sample = scenes[int(i)]
         image = torch.from_numpy(sample.image).permute(2, 0, 1).float().div_(255.0)
         outputs = model(image[None])
         classes = outputs["semantic_logits"][0].argmax(0)
