@@ -5,10 +5,22 @@ BIN := $(VENV)/bin
 # Installs are redone only when pyproject.toml changes.
 STAMP := $(VENV)/.installed-all
 
-.PHONY: test lint typecheck check serve model clean
+.PHONY: test lint typecheck check serve model clean system-deps
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest
+
+# The Debian tools some tests drive (headless Chromium, Prometheus with promtool,
+# docker-compose), installed here in the open rather than from inside the tests.
+# Nothing happens when they are present; installing needs root and apt-get.
+SYSTEM_TOOLS := chromium:chromium promtool:prometheus docker-compose:docker-compose
+system-deps:
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+		command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair##*:}"; \
+	done; \
+	if [ -z "$$missing" ]; then echo "system-deps: chromium, promtool and docker-compose are present"; \
+	else echo "system-deps: installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
