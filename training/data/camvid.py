@@ -28,10 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, UnidentifiedImageError
 
 from training.data.classes import IGNORE_INDEX, INSTANCE_UNKNOWN, train_id
-from training.data.sample import DataConfigError, SceneSample, resize_sample
+from training.data.sample import DataConfigError, SceneSample, check_dataset_size, read_png, resize_sample
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -134,9 +133,7 @@ class CamVidScenes:
     ) -> None:
         if split not in SPLITS:
             raise DataConfigError(f"CamVid split {split!r} is not one of {', '.join(SPLITS)}")
-        for field, size in (("height", height), ("width", width)):
-            if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
-                raise DataConfigError(f"{field} must be a positive integer, got {size!r}")
+        check_dataset_size(height, width)
         self.root = Path(root)
         self.split = split
         self.height = height
@@ -154,7 +151,7 @@ class CamVidScenes:
     def read(self, index: int) -> SceneSample:
         """Frame ``index`` at its own size, in the project's label conventions."""
         frame = self._frames[index]
-        image = _read_png(frame.image, rgb=True)
+        image = read_png(frame.image, rgb=True).astype(np.uint8, copy=False)
         labels = self.camvid_labels(index)
         if labels.shape != image.shape[:2]:
             raise DataConfigError(
@@ -166,7 +163,7 @@ class CamVidScenes:
     def camvid_labels(self, index: int) -> npt.NDArray[np.uint8]:
         """CamVid class indices ``uint8 [H, W]`` of frame ``index`` at full size (11 = void)."""
         frame = self._frames[index]
-        labels = _read_png(frame.label)
+        labels = read_png(frame.label)
         if labels.ndim != 2:
             raise DataConfigError(f"{frame.label}: expected a single-channel label PNG")
         if labels.size and int(labels.max()) > CAMVID_VOID:
@@ -225,11 +222,3 @@ def _discover(root: Path, split: str) -> tuple[_Frame, ...]:
     if not frames:
         raise DataConfigError(f"{listing} lists no frames")
     return tuple(frames)
-
-
-def _read_png(path: Path, rgb: bool = False) -> npt.NDArray[np.uint8]:
-    try:
-        with Image.open(path) as image:
-            return np.array(image.convert("RGB") if rgb else image)
-    except (OSError, UnidentifiedImageError) as error:
-        raise DataConfigError(f"cannot read image {path}: {error}") from None

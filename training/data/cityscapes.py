@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from training.data.classes import (
     INSTANCE_DIVISOR,
@@ -36,7 +36,7 @@ from training.data.classes import (
     is_thing_table,
     train_id,
 )
-from training.data.sample import DataConfigError, SceneSample
+from training.data.sample import DataConfigError, SceneSample, check_dataset_size, read_png
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -95,9 +95,7 @@ class CityscapesScenes:
     ) -> None:
         if split not in SPLITS:
             raise DataConfigError(f"split {split!r} is not one of {', '.join(SPLITS)}")
-        for field, size in (("height", height), ("width", width)):
-            if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
-                raise DataConfigError(f"{field} must be a positive integer, got {size!r}")
+        check_dataset_size(height, width)
         self.root = Path(root)
         self.split = split
         self.height = height
@@ -115,7 +113,7 @@ class CityscapesScenes:
     def __getitem__(self, index: int) -> SceneSample:
         """Read frame ``index`` (negative counts from the end); ``IndexError`` past the end."""
         frame = self._frames[index]
-        image = _read_png(frame.image, rgb=True)
+        image = read_png(frame.image, rgb=True)
         full_size = image.shape[:2]
         label_ids = _read_map(frame.label_ids, full_size)
         instance_ids = _read_map(frame.instance_ids, full_size)
@@ -189,22 +187,9 @@ def _discover(root: Path, split: str) -> tuple[_Frame, ...]:
     return tuple(frames)
 
 
-def _read_png(path: Path, rgb: bool = False) -> npt.NDArray[np.generic]:
-    """Pixels of the image at ``path``: ``uint8 [H, W, 3]`` if ``rgb``, else as stored.
-
-    Label maps are read as stored because converting a palette or 16-bit PNG would
-    replace the ids with colours or clip them.
-    """
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB") if rgb else image)
-    except (OSError, UnidentifiedImageError) as error:
-        raise DataConfigError(f"cannot read image {path}: {error}") from None
-
-
 def _read_map(path: Path, size: tuple[int, ...]) -> npt.NDArray[np.int64]:
     """A single-channel label or disparity PNG as ``int64 [H, W]``, checked to be ``size``."""
-    pixels = _read_png(path)
+    pixels = read_png(path)
     if pixels.ndim != 2 or not np.issubdtype(pixels.dtype, np.integer):
         raise DataConfigError(f"{path}: expected a single-channel integer PNG")
     if pixels.shape != size:

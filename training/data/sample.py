@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from training.data.classes import IGNORE_INDEX, INSTANCE_DIVISOR, INSTANCE_UNKNOWN, is_thing_table
 
@@ -87,3 +88,23 @@ def resize_sample(sample: SceneSample, height: int, width: int) -> SceneSample:
         depth=sample.depth[pick],
         name=sample.name,
     )
+
+
+def read_png(path: Path, rgb: bool = False) -> npt.NDArray[np.generic]:
+    """Pixels of the image at ``path``: ``uint8 [H, W, 3]`` if ``rgb``, else as stored.
+
+    Label maps are read as stored because converting a palette or 16-bit PNG would
+    replace the ids with colours or clip them. `DataConfigError` names an unreadable file.
+    """
+    try:
+        with Image.open(path) as image:
+            return np.array(image.convert("RGB") if rgb else image)
+    except (OSError, UnidentifiedImageError) as error:
+        raise DataConfigError(f"cannot read image {path}: {error}") from None
+
+
+def check_dataset_size(height: int, width: int) -> None:
+    """`DataConfigError` naming ``height`` or ``width`` unless both are positive integers."""
+    for field, size in (("height", height), ("width", width)):
+        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+            raise DataConfigError(f"{field} must be a positive integer, got {size!r}")
