@@ -627,7 +627,9 @@ def test_sigterm_lets_requests_in_flight_finish(
         while True:
             try:
                 httpx.get(f"{base}/healthz", timeout=2)
-            except httpx.ConnectError:
+            except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
+                # Refused, or reset: a connection the kernel queued just before the
+                # listening socket closed is dropped unanswered. Neither is served.
                 break
             assert time.monotonic() < deadline, "still accepting connections after SIGTERM"
             time.sleep(0.05)
