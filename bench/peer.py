@@ -36,7 +36,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -52,6 +51,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
+from bench.service_latency import free_port
 from model_export.contract import INPUT_NAME
 from training.data.procedural import ProceduralScenes
 
@@ -120,13 +120,6 @@ def model_only_p50(model: Path, png: bytes, threads: int, runs: int) -> float:
         session.run(None, {INPUT_NAME: image})
         times.append((time.perf_counter() - started) * 1000)
     return statistics.median(times)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def have_hey() -> bool:

@@ -24,7 +24,6 @@ import io
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
+
+from bench.service_latency import free_port
 
 MIB = 2**20
 
@@ -72,13 +73,6 @@ def proc_status_kib(pid: int, field: str) -> int:
 def reset_peak(pid: int) -> None:
     """Set VmHWM back to the current RSS (Linux ``clear_refs`` value 5)."""
     Path(f"/proc/{pid}/clear_refs").write_text("5")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 async def load(base: str, body: bytes, clients: int, requests: int) -> int:

@@ -50,6 +50,7 @@ from pathlib import Path
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.service_latency import free_port
 from training.data.procedural import ProceduralScenes
 
 KINDS: dict[str, float] = {
@@ -213,13 +214,6 @@ def rss_mb(pid: int, field_name: str = "VmRSS") -> float:
         if line.startswith(field_name + ":"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no {field_name} for process {pid}")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @contextmanager
