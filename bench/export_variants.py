@@ -23,11 +23,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from model_export.cli import main as export_main
-from model_export.contract import INPUT_NAME, OUTPUT_NAMES
+from scene_contract.model import INPUT_NAME, OUTPUT_NAMES
 from training.checkpoint import model_from_checkpoint
 from training.data.procedural import ProceduralScenes
 from training.dataset import TaskDataset
 from training.metrics import SceneMetrics
+from training.model import to_model_input
 
 KEYS = ("semantic_miou", "instance_mean_error_px", "inverse_depth_mean_error", "depth_delta1")
 
@@ -92,7 +93,7 @@ def main() -> None:
             }
 
     torch.set_num_threads(args.threads)
-    tensor = torch.from_numpy(image).permute(0, 3, 1, 2).float() / 255
+    tensor = to_model_input(torch.from_numpy(image))
     with torch.no_grad():
         torch_seconds = time_per_image(lambda x: model(x), tensor, args.runs)
 

@@ -44,7 +44,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bench import peer
-from model_export.contract import INPUT_NAME, OUTPUT_NAMES
+from scene_contract.model import INPUT_NAME, OUTPUT_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
@@ -103,7 +103,7 @@ def export_models(folder: Path, dry_run: bool) -> dict[str, Path]:
     # service resizes to its 128x256, which the dry run's smaller model also accepts).
     import onnx
 
-    from model_export.contract import METADATA_KEY
+    from scene_contract.model import METADATA_KEY
 
     bundled = onnx.load(str(REPO / "models/default/model.onnx"), load_external_data=False)
     card = next(p.value for p in bundled.metadata_props if p.key == METADATA_KEY)

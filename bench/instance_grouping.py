@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from model_export.contract import INPUT_NAME, INSTANCE_OFFSETS, SEMANTIC
+from scene_contract.model import INPUT_NAME, INSTANCE_OFFSETS, SEMANTIC
 from service.postprocess import METHODS, group_instances
 from training.data.classes import THING_TRAIN_IDS
 from training.data.procedural import ProceduralScenes

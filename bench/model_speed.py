@@ -32,11 +32,11 @@ import onnxruntime as ort
 import torch
 from torch import Tensor
 
-from model_export.contract import INPUT_NAME, OUTPUT_NAMES
 from model_export.export import InferenceGraph, export_fp32, verification_images
+from scene_contract.model import INPUT_NAME, OUTPUT_NAMES
 from training.checkpoint import model_from_checkpoint
 from training.config import load_config
-from training.model import SceneModel
+from training.model import SceneModel, to_model_input
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ class SoftmaxConfidenceGraph(InferenceGraph):
     """The graph before the change: softmax, max and argmax over axis 1 of [N, C, H, W] (the baseline)."""
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        x = image.permute(0, 3, 1, 2).float() / 255.0
+        x = to_model_input(image)
         out = self.model(x)
         confidence, label = torch.softmax(out["semantic_logits"], dim=1).max(dim=1)
         return label.to(torch.uint8), confidence, out["instance_offsets"], out["inverse_depth"]

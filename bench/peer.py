@@ -52,7 +52,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from bench.service_latency import free_port
-from model_export.contract import INPUT_NAME
+from scene_contract.model import INPUT_NAME
 from training.data.procedural import ProceduralScenes
 
 SERVERS = ("scene-serve", "naive")

@@ -45,7 +45,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from model_export.contract import INPUT_NAME
+from scene_contract.model import INPUT_NAME
 from training.data.procedural import ProceduralScenes
 
 HEIGHT, WIDTH = 128, 256

@@ -271,7 +271,7 @@ def error_counts(port: int) -> dict[str, float]:
 def card_size(model: Path) -> tuple[int, int]:
     import onnxruntime as ort
 
-    from model_export.contract import METADATA_KEY
+    from scene_contract.model import METADATA_KEY
 
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     card = json.loads(session.get_modelmeta().custom_metadata_map[METADATA_KEY])

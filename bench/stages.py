@@ -28,7 +28,9 @@ from fastapi.encoders import jsonable_encoder
 
 from bench import peer
 from service.batching import MicroBatcher
-from service.pipeline import Pipeline, PredictOptions, StageClock, decode_image, preprocess
+from service.imaging import decode_image, preprocess
+from service.pipeline import Pipeline
+from service.prediction import PredictOptions, StageClock
 from service.runtime import ModelRuntime
 from service.settings import Settings
 
@@ -52,10 +54,10 @@ def measure(pipeline: Pipeline, settings: Settings, payload: peer.Payload, runs:
     stages["model (1 thread)"], outputs = cpu_ms(lambda: runtime.run(model_input[None]), runs)
     single = {name: values[0] for name, values in outputs.items()}
     stages["postprocess"], prediction = cpu_ms(
-        lambda: pipeline._postprocess(single, image, options, 1, StageClock()), runs
+        lambda: pipeline.postprocess(single, image, options, 1, StageClock()), runs
     )
     stages["encode"], response = cpu_ms(
-        lambda: pipeline.encode_json(prediction, options, time.perf_counter()), runs
+        lambda: pipeline.responses.json(prediction, options, time.perf_counter()), runs
     )
     stages["JSON text"], _ = cpu_ms(lambda: response.model_dump_json(by_alias=True), runs)
     stages["(FastAPI JSON)"], _ = cpu_ms(lambda: json.dumps(jsonable_encoder(response)).encode(), runs)

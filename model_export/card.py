@@ -10,9 +10,10 @@ from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
-from model_export.contract import CARD_SCHEMA, INPUT_NAME, OUTPUT_NAMES, TASKS
+from scene_contract.model import CARD_SCHEMA, INPUT_NAME, OUTPUT_NAMES, TASKS
 from training.config import TrainConfig, to_dict
 from training.data.classes import IGNORE_INDEX, class_table_json
+from training.data.sample import RESIZE
 from training.model import SceneModel
 
 OUTPUT_DESCRIPTIONS = {
@@ -69,10 +70,10 @@ def build_model_card(
     for task in TASKS:
         value = sigma.get(task)
         participates = value is not None and math.isfinite(value) and value > 0
-        s = value if participates and value is not None else 1.0
+        task_sigma = value if participates and value is not None else 1.0
         uncertainty[task] = {
-            "sigma": s,
-            "log_variance": 2.0 * math.log(s),
+            "sigma": task_sigma,
+            "log_variance": 2.0 * math.log(task_sigma),
             "learned": learned and participates,
         }
     config_json = json.dumps(to_dict(config), sort_keys=True)
@@ -91,6 +92,7 @@ def build_model_card(
             "height": config.data.height,
             "width": config.data.width,
             "spatial_multiple": model.output_stride,
+            "resize": RESIZE,
             "normalisation": "inside the graph",
         },
         "outputs": {name: OUTPUT_DESCRIPTIONS[name] for name in OUTPUT_NAMES},

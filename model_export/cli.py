@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from model_export.card import build_model_card
 from model_export.export import (
     ExportError,
@@ -21,6 +23,7 @@ from model_export.export import (
     verification_images,
     verify,
 )
+from scene_contract.model import SAMPLES_DIR
 from training.checkpoint import CheckpointError, model_from_checkpoint
 from training.data.procedural import ProceduralScenes
 from training.model import SceneModel
@@ -51,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--verify-scenes", type=int, default=4, help="generated scenes to verify on (default 4)"
     )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=8,
+        help=f"test-split scenes to write to {SAMPLES_DIR}/ next to OUT at the input size, for the "
+        "service's demo page (default 8; 0: none)",
+    )
     return parser
 
 
@@ -59,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.calibration_count <= 0 or args.verify_scenes <= 0:
             raise ExportError("--calibration-count and --verify-scenes must be positive")
+        if args.samples < 0:
+            raise ExportError("--samples must be 0 or more")
         if args.out.suffix != ".onnx":
             raise ExportError(f"--out: {args.out} should end in .onnx")
         model, state = model_from_checkpoint(args.checkpoint)
@@ -117,10 +129,30 @@ def _export(args: argparse.Namespace, model: SceneModel, state: dict[str, Any]) 
                 card_path.write_text(json.dumps(card, indent=2, sort_keys=True))
             size = path.stat().st_size / 2**20
             print(f"wrote {path} ({size:.1f} MiB)")
+        if not failed and args.samples:
+            written = write_samples(args.out.parent / SAMPLES_DIR, height, width, args.samples)
+            print(f"wrote {len(written)} sample images to {args.out.parent / SAMPLES_DIR}")
         return 1 if failed else 0
     finally:
         for path in staged.values():
             path.unlink(missing_ok=True)
+
+
+def write_samples(folder: Path, height: int, width: int, count: int) -> list[Path]:
+    """Procedural test-split scenes 0..count-1 at ``height`` x ``width`` as ``folder/NNN.png``.
+
+    Test scenes are never trained on. Old samples in ``folder`` are replaced.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.png"):
+        old.unlink()
+    scenes = ProceduralScenes(split="test", seed=0, count=count, height=height, width=width)
+    paths = []
+    for index in range(count):
+        path = folder / f"{index:03d}.png"
+        Image.fromarray(scenes[index].image).save(path, optimize=True)
+        paths.append(path)
+    return paths
 
 
 if __name__ == "__main__":

@@ -21,9 +21,9 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from model_export.contract import INPUT_NAME, MAX_IR_VERSION, METADATA_KEY, OUTPUT_NAMES
+from scene_contract.model import INPUT_NAME, MAX_IR_VERSION, METADATA_KEY, OUTPUT_NAMES
 from training.data.procedural import ProceduralScenes
-from training.model import SceneModel
+from training.model import SceneModel, to_model_input
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class InferenceGraph(nn.Module):
         self.model = model
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        x = image.permute(0, 3, 1, 2).float() / 255.0
+        x = to_model_input(image)
         out = self.model(x)
         # Classes on the last axis, [N, H, W, C]: ONNX Runtime's softmax and reductions
         # over the class axis of [N, C, H, W] stride through memory and took half the

@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from training.data.visualize import colorize_instances, colorize_inverse_depth
+from scene_contract.drawing import colorize_instances, colorize_inverse_depth
 
 DEPTH_SCALE_TO_METRES = 1 / 64
 DEPTH_SKY = 0

@@ -27,6 +27,7 @@ grouping is the class it was grouped in.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Sequence
@@ -70,11 +71,49 @@ class InstanceResult:
     Attributes:
         instance_map: ``uint16 [H, W]``; 0 = no instance, else the ``Instance.id``.
             Ids run 1..K by descending pixel count, ties by first pixel in raster order.
-        instances: the K instances, in id order.
+        class_of: instance id → train id, the majority class of its pixels.
     """
 
     instance_map: npt.NDArray[np.uint16]
-    instances: list[Instance]
+    class_of: dict[int, int]
+
+    @functools.cached_property
+    def instances(self) -> tuple[Instance, ...]:
+        """The K instances of ``instance_map``, in id order (`measure_instances`)."""
+        return measure_instances(self.instance_map, self.class_of)
+
+
+def measure_instances(instance_map: npt.NDArray[np.uint16], class_of: dict[int, int]) -> tuple[Instance, ...]:
+    """Pixel count, bounding box and centroid of every id in ``instance_map`` (uint16 [H, W]).
+
+    The one measurement of instances in the service: at the model's resolution through
+    `InstanceResult.instances`, or on a resized map, so the numbers always agree with
+    the map they describe. ``class_of`` maps instance id → train id (-1 if absent).
+    """
+    ys, xs = np.nonzero(instance_map)
+    if ys.size == 0:
+        return ()
+    ids = instance_map[ys, xs].astype(np.intp)
+    size = int(ids.max()) + 1
+    counts = np.bincount(ids, minlength=size)
+    sum_x = np.bincount(ids, weights=xs, minlength=size)
+    sum_y = np.bincount(ids, weights=ys, minlength=size)
+    bounds = np.zeros((4, size), dtype=np.intp)
+    bounds[0], bounds[1] = np.iinfo(np.intp).max, np.iinfo(np.intp).max
+    np.minimum.at(bounds[0], ids, xs)
+    np.minimum.at(bounds[1], ids, ys)
+    np.maximum.at(bounds[2], ids, xs + 1)
+    np.maximum.at(bounds[3], ids, ys + 1)
+    return tuple(
+        Instance(
+            id=int(i),
+            class_id=class_of.get(int(i), -1),
+            pixel_count=int(counts[i]),
+            bbox=(int(bounds[0, i]), int(bounds[1, i]), int(bounds[2, i]), int(bounds[3, i])),
+            centroid=(float(sum_x[i] / counts[i] + 0.5), float(sum_y[i] / counts[i] + 0.5)),
+        )
+        for i in np.flatnonzero(counts)
+    )
 
 
 @dataclass(frozen=True)
@@ -155,7 +194,7 @@ def group_instances(
 
     votes = _thing_votes(semantic, offsets, thing_ids, class_aware)
     if votes.rows.size == 0:
-        return InstanceResult(np.zeros((height, width), dtype=np.uint16), [])
+        return InstanceResult(np.zeros((height, width), dtype=np.uint16), {})
     if method == "peaks":
         centres, centre_group = _peak_centres(
             votes, height, width, scaled_min_votes, smoothing_sigma, nms_radius, vote_window, top_k
@@ -427,7 +466,7 @@ def _instances(
     centre_count: int,
     min_pixels: float,
 ) -> InstanceResult:
-    """Number the groups big enough to keep and measure them."""
+    """Number the groups big enough to keep and give each its majority class."""
     height, width = semantic.shape
     instance_map = np.zeros((height, width), dtype=np.uint16)
     assigned = labels >= 0
@@ -438,7 +477,7 @@ def _instances(
     kept = np.flatnonzero(counts >= min_pixels)
     kept = kept[np.lexsort((first[kept], -counts[kept]))]
     if kept.size == 0:
-        return InstanceResult(instance_map, [])
+        return InstanceResult(instance_map, {})
     new_id = np.zeros(centre_count, dtype=np.intp)
     new_id[kept] = np.arange(1, kept.size + 1)
     ids = new_id[labels]
@@ -449,23 +488,4 @@ def _instances(
     slots = kept.size + 1
     class_votes = np.bincount(ids * 256 + semantic[rows, cols], minlength=slots * 256).reshape(slots, 256)
     class_id = class_votes.argmax(axis=1)
-    pixel_count = np.bincount(ids, minlength=slots)
-    mean_x = np.bincount(ids, weights=cols, minlength=slots)[1:] / pixel_count[1:] + 0.5
-    mean_y = np.bincount(ids, weights=rows, minlength=slots)[1:] / pixel_count[1:] + 0.5
-    bounds = np.zeros((4, slots), dtype=np.intp)
-    bounds[0], bounds[1] = width, height
-    np.minimum.at(bounds[0], ids, cols)
-    np.minimum.at(bounds[1], ids, rows)
-    np.maximum.at(bounds[2], ids, cols + 1)
-    np.maximum.at(bounds[3], ids, rows + 1)
-    instances = [
-        Instance(
-            id=k,
-            class_id=int(class_id[k]),
-            pixel_count=int(pixel_count[k]),
-            bbox=(int(bounds[0, k]), int(bounds[1, k]), int(bounds[2, k]), int(bounds[3, k])),
-            centroid=(float(mean_x[k - 1]), float(mean_y[k - 1])),
-        )
-        for k in range(1, slots)
-    ]
-    return InstanceResult(instance_map, instances)
+    return InstanceResult(instance_map, {k: int(class_id[k]) for k in range(1, slots)})

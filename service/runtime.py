@@ -1,6 +1,6 @@
 """The ONNX Runtime session: provider choice, contract checks, warm-up and batched runs.
 
-`ModelRuntime.load` opens the model and checks it against `model_export.contract`
+`ModelRuntime.load` opens the model and checks it against `scene_contract.model`
 (fails fast with a message naming what is wrong); `warm_up` runs dummy batches and only
 then sets `ready`; `run` is synchronous and is meant to be called from a worker thread
 (the micro-batcher's), never on the event loop.
@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from model_export.contract import (
+from scene_contract.model import (
     INPUT_NAME,
     METADATA_KEY,
     OUTPUT_NAMES,

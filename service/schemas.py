@@ -41,18 +41,16 @@ class ModelInfo(BaseModel):
 
 
 class TaskSigma(BaseModel):
+    """One task's σ, read from the model card's `scene_contract.model.TaskUncertainty`."""
+
+    model_config = ConfigDict(from_attributes=True)
+
     sigma: float = Field(description="Learned homoscedastic uncertainty σ of the task.")
     log_variance: float = Field(description="s = log σ², the quantity the training optimised.")
     learned: bool | None = Field(
         default=None,
         description="False when σ restates a fixed loss weight (σ = sqrt(c / w)); None if unknown.",
     )
-
-
-class TaskUncertainty(BaseModel):
-    semantic: TaskSigma
-    instance: TaskSigma
-    depth: TaskSigma
 
 
 class ClassPresence(BaseModel):
@@ -137,7 +135,9 @@ class PredictResponse(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
     model: ModelInfo
-    task_uncertainty: TaskUncertainty
+    task_uncertainty: dict[str, TaskSigma] = Field(
+        description="Each task's σ, keyed by the task names in the model card."
+    )
     width: int = Field(description="Width of the returned maps in pixels.")
     height: int = Field(description="Height of the returned maps in pixels.")
     batch_size: int = Field(description="Images in the ONNX Runtime run this one was part of.")

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from scene_contract.model import TASKS
 from training.model import BACKBONES, ModelConfig
 
 DATA_SOURCES: tuple[str, ...] = ("procedural", "camvid", "cityscapes", "disk")
@@ -127,11 +128,9 @@ class LossConfig:
     """
 
     strategy: str = "uncertainty"
-    tasks: list[str] = field(default_factory=lambda: ["semantic", "instance", "depth"])
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
     init_log_variance: float = 0.0
-    weights: dict[str, float] = field(
-        default_factory=lambda: {"semantic": 1 / 3, "instance": 1 / 3, "depth": 1 / 3}
-    )
+    weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TASKS, 1 / len(TASKS)))
     dwa_temperature: float = 2.0
     dwa_window: int = 50
 

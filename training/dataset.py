@@ -18,6 +18,7 @@ from training.data.cityscapes import CityscapesScenes
 from training.data.disk import DiskScenes
 from training.data.procedural import ProceduralScenes
 from training.data.sample import DataConfigError, SceneSample
+from training.model import to_model_input
 from training.targets import build_targets
 
 
@@ -110,7 +111,7 @@ class TaskDataset(Dataset[dict[str, Tensor]]):
 
 def _task_item(sample: SceneSample) -> dict[str, Tensor]:
     item = {name: torch.from_numpy(array) for name, array in build_targets(sample).items()}
-    item["image"] = torch.from_numpy(sample.image).permute(2, 0, 1).float().div_(255.0)
+    item["image"] = to_model_input(torch.from_numpy(sample.image))
     return item
 
 

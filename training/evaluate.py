@@ -26,6 +26,7 @@ from training.data.sample import DataConfigError
 from training.data.visualize import colorize_inverse_depth, colorize_semantic
 from training.dataset import SceneSource, TaskDataset
 from training.metrics import SceneMetrics
+from training.model import to_model_input
 
 
 @torch.no_grad()
@@ -121,7 +122,7 @@ def evaluate_camvid(
     for start in tqdm(starts, desc="CamVid", unit="batch", disable=not progress, file=sys.stderr):
         indices = range(start, min(start + batch_size, len(scenes)))
         images = np.stack([scenes[i].image for i in indices])
-        batch = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+        batch = to_model_input(torch.from_numpy(images).to(device))
         logits = model(batch)["semantic_logits"].float()
         for row, index in enumerate(indices):
             labels = torch.from_numpy(scenes.camvid_labels(index).astype(np.int64)).to(device)
@@ -166,7 +167,7 @@ def camvid_prediction_grid(
     # Frames spread over the split: neighbouring frames of a video are near-duplicates.
     for i in np.linspace(0, len(scenes) - 1, min(count, len(scenes))).round().astype(int):
         sample = scenes[int(i)]
-        image = torch.from_numpy(sample.image).permute(2, 0, 1).float().div_(255.0)
+        image = to_model_input(torch.from_numpy(sample.image))
         outputs = model(image[None])
         classes = outputs["semantic_logits"][0].argmax(0)
         thing_pixels = things[classes].numpy()

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 from torch.nn.functional import cross_entropy
 
+from scene_contract.model import TASKS
 from training.data.classes import IGNORE_INDEX
-from training.weighting import TASKS
 
 
 def _masked_mean(per_pixel: Tensor, mask: Tensor) -> Tensor:

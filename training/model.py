@@ -84,6 +84,15 @@ class TaskDecoder(nn.Sequential):
         )
 
 
+def to_model_input(images: Tensor) -> Tensor:
+    """uint8 RGB ``[..., H, W, 3]`` → float ``[..., 3, H, W]`` in [0, 1], what `SceneModel` takes.
+
+    The one place images become model input: the data loader, the evaluator and the
+    exported graph all call it, so they cannot drift apart.
+    """
+    return images.movedim(-1, -3).float().div(255.0)
+
+
 class SceneModel(nn.Module):
     """Semantic, instance and depth prediction from one shared encoder.
 

@@ -29,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from scene_contract.model import TASKS
 from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from training.config import ConfigError, LossConfig, OptimConfig, TrainConfig, load_config
 from training.data.sample import DataConfigError
@@ -42,7 +43,7 @@ from training.dataset import (
 from training.evaluate import evaluate
 from training.losses import labelled_tasks, task_losses
 from training.model import SceneModel
-from training.weighting import TASKS, LossWeighting, NonFiniteLossError, build_weighting, check_finite
+from training.weighting import LossWeighting, NonFiniteLossError, build_weighting, check_finite
 
 LOG_COLUMNS = (
     "step",

@@ -46,7 +46,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.functional import softplus
 
-TASKS: tuple[str, ...] = ("semantic", "instance", "depth")
+from scene_contract.model import TASKS
+
 CLASSIFICATION_TASKS: frozenset[str] = frozenset({"semantic"})
 
 

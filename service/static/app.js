@@ -4,7 +4,6 @@
 
 const $ = (selector) => document.querySelector(selector);
 const TOKEN_KEY = "scene-mtl-token";
-const TASKS = ["semantic", "instance", "depth"];
 const STAGES = ["decode", "preprocess", "queue", "inference", "postprocess", "encode", "total"];
 
 let classColours = new Map(); // train id -> "rgb(r, g, b)"
@@ -54,10 +53,9 @@ function classLabel(name, trainId) {
 }
 
 function showSigma(taskUncertainty) {
-  fillTable("#sigma", TASKS.map((task) => {
-    const entry = taskUncertainty[task];
-    return [task, entry.sigma.toFixed(3), entry.log_variance.toFixed(3)];
-  }));
+  // The tasks and their order are the model card's.
+  fillTable("#sigma", Object.entries(taskUncertainty).map(([task, entry]) =>
+    [task, entry.sigma.toFixed(3), entry.log_variance.toFixed(3)]));
 }
 
 async function loadMetadata() {
@@ -129,11 +127,11 @@ async function predict(image) {
 
 async function predictSample() {
   const seed = $("#seed").value || "0";
-  setStatus(`Generating scene ${seed}…`, "busy");
+  setStatus(`Fetching sample ${seed}…`, "busy");
   try {
     const response = await fetch(`/demo/sample.png?seed=${encodeURIComponent(seed)}`, { headers: authHeaders() });
     if (!response.ok) {
-      setStatus(`Cannot generate a scene: ${await errorText(response)}`, "error");
+      setStatus(`No sample image: ${await errorText(response)}`, "error");
       return;
     }
     const blob = await response.blob();

@@ -6,11 +6,20 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from PIL import Image
 
 import model_export.cli as cli
-from model_export.contract import INPUT_NAME, MAX_IR_VERSION, METADATA_KEY, OUTPUT_NAMES, parse_model_card
 from model_export.export import verification_images, verify
+from scene_contract.model import (
+    INPUT_NAME,
+    MAX_IR_VERSION,
+    METADATA_KEY,
+    OUTPUT_NAMES,
+    SAMPLES_DIR,
+    parse_model_card,
+)
 from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.data.procedural import ProceduralScenes
 from training.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,6 +78,8 @@ def test_model_card_round_trips_through_the_metadata(exported: Path, checkpoint:
     for task, sigma in state["sigma"].items():
         assert parsed.task_uncertainty[task].sigma == pytest.approx(sigma)
         assert parsed.task_uncertainty[task].log_variance == pytest.approx(2 * np.log(sigma))
+        assert parsed.task_uncertainty[task].learned is True
+    assert parsed.resize == "bilinear"  # how the service must resize, as training did
     assert parsed.weighting == "uncertainty"
     assert "semantic_miou" in parsed.metrics
     assert len(card["training"]["config_sha256"]) == 64
@@ -107,6 +118,16 @@ def test_reduced_precision_variants_load_run_and_say_what_they_are(exported: Pat
     outputs = session.run(None, {INPUT_NAME: np.zeros((2, 64, 128, 3), dtype=np.uint8)})
     assert [o.dtype for o in outputs] == [np.uint8, np.float32, np.float32, np.float32]
     assert path.stat().st_size < exported.stat().st_size
+
+
+def test_export_writes_unseen_sample_scenes_for_the_demo(exported: Path) -> None:
+    samples = sorted((exported.parent / SAMPLES_DIR).glob("*.png"))
+    assert [p.name for p in samples] == [f"{i:03d}.png" for i in range(8)]
+    images = [np.asarray(Image.open(p)) for p in samples]
+    assert all(image.shape == (64, 128, 3) for image in images)  # the model's input size
+    assert len({image.tobytes() for image in images}) == 8  # eight different scenes
+    test_scene = ProceduralScenes(split="test", seed=0, count=8, height=64, width=128)[5]
+    np.testing.assert_array_equal(images[5], test_scene.image)  # from the split never trained on
 
 
 def test_fp16_weights_halve_the_file_and_keep_float32_compute(

@@ -42,7 +42,7 @@ from fastapi import FastAPI
 from onnx import TensorProto, helper
 from PIL import Image
 
-from model_export.contract import CARD_SCHEMA, METADATA_KEY
+from scene_contract.model import CARD_SCHEMA, METADATA_KEY, SAMPLES_DIR
 from service.main import create_app
 from service.metrics import MULTIPROC_ENV
 from service.settings import Settings
@@ -182,10 +182,33 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+SAMPLE_COUNT = 3
+
+
+def write_samples(model_path: Path, count: int = SAMPLE_COUNT) -> list[Path]:
+    """``count`` distinct street-like PNGs at the tiny model's size in ``samples/`` beside it.
+
+    Sample ``k``: blue sky over green road, with a red car that moves right with ``k``.
+    """
+    folder = model_path.parent / SAMPLES_DIR
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for k in range(count):
+        image = np.zeros((MODEL_HEIGHT, MODEL_WIDTH, 3), dtype=np.uint8)
+        image[: MODEL_HEIGHT // 3] = (0, 0, 255)
+        image[MODEL_HEIGHT // 3 :] = (0, 200, 0)
+        image[18:28, 4 + 8 * k : 20 + 8 * k] = (220, 0, 0)
+        paths.append(folder / f"{k:03d}.png")
+        Image.fromarray(image).save(paths[-1])
+    return paths
+
+
 @pytest.fixture(scope="session")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model with a valid card, built once per test session."""
-    return build_tiny_model(tmp_path_factory.mktemp("model") / "tiny.onnx")
+    """The tiny model with a valid card and its demo samples, built once per test session."""
+    path = build_tiny_model(tmp_path_factory.mktemp("model") / "tiny.onnx")
+    write_samples(path)
+    return path
 
 
 @pytest.fixture

@@ -150,13 +150,13 @@ async def test_timeout_is_504_and_leaves_nothing_behind(
 async def test_the_timeout_covers_postprocessing_too(
     make_settings: Callable[..., Settings], serve: Serve, scene_png: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    postprocess = Pipeline._postprocess
+    postprocess = Pipeline.postprocess
 
     def slow(self: Pipeline, *args: Any, **kwargs: Any) -> Any:
         time.sleep(0.6)  # grouping a crowded, full-resolution image, say
         return postprocess(self, *args, **kwargs)
 
-    monkeypatch.setattr(Pipeline, "_postprocess", slow)
+    monkeypatch.setattr(Pipeline, "postprocess", slow)
     async with serve(create_app(make_settings(request_timeout_s=0.3))) as client:
         response = await client.post("/predict", content=scene_png, headers=PNG)
     assert response.status_code == 504 and response.json()["error"]["code"] == "timeout"

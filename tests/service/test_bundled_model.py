@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from model_export.contract import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, parse_model_card
+from scene_contract.model import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, parse_model_card
 from service.encoding import decode_png, from_base64
 from service.main import create_app
 from service.settings import Settings

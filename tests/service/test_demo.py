@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from scene_contract.model import SAMPLES_DIR
 from service.main import create_app
 from service.settings import Settings
 
@@ -47,17 +48,32 @@ async def test_the_favicon_is_not_a_404(client: httpx.AsyncClient) -> None:
 
 
 @pytest.mark.anyio
-async def test_samples_are_generated_scenes_at_the_model_size(client: httpx.AsyncClient) -> None:
-    first = await client.get("/demo/sample.png", params={"seed": 3})
+async def test_samples_are_the_images_beside_the_model(client: httpx.AsyncClient, model_path: Path) -> None:
+    samples = sorted((model_path.parent / SAMPLES_DIR).glob("*.png"))
+    first = await client.get("/demo/sample.png", params={"seed": 1})
     assert first.status_code == 200 and first.headers["content-type"] == "image/png"
+    assert first.content == samples[1].read_bytes()
     image = np.asarray(Image.open(io.BytesIO(first.content)))
     assert image.shape == (32, 48, 3)  # the tiny model's input size
-    assert image.std() > 10  # a scene, not a blank picture
-    again = await client.get("/demo/sample.png", params={"seed": 3})
-    other = await client.get("/demo/sample.png", params={"seed": 4})
-    assert again.content == first.content != other.content
+    # Any seed is valid: it wraps around the samples there are.
+    wrapped = await client.get("/demo/sample.png", params={"seed": 1 + len(samples)})
+    other = await client.get("/demo/sample.png", params={"seed": 2})
+    assert wrapped.content == first.content != other.content
     refused = await client.get("/demo/sample.png", params={"seed": -1})
     assert refused.status_code == 422 and refused.json()["error"]["code"]
+
+
+@pytest.mark.anyio
+async def test_a_model_without_samples_says_so(
+    build_model: Callable[..., Path],
+    make_settings: Callable[..., Settings],
+    serve: Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]],
+) -> None:
+    async with serve(create_app(make_settings(model_path=build_model()))) as client:
+        response = await client.get("/demo/sample.png")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+    assert "scene-export writes them" in response.json()["error"]["message"]
 
 
 @pytest.mark.anyio

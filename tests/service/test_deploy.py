@@ -115,6 +115,12 @@ def test_the_serving_image_runs_scene_serve_without_torch_as_a_user() -> None:
     assert found == [("onnxruntime-gpu", {">=1.27", "<2"})]
     installs = [args for keyword, args in instructions if keyword == "RUN" and "pip install" in args]
     assert installs and all('".[serve]"' in args and "torch" not in args for args in installs)
+    # The service and its contract, and nothing of training or the exporter.
+    sources = {
+        args.split()[0] for keyword, args in instructions if keyword == "COPY" and "--from" not in args
+    }
+    assert {"scene_contract", "service"} <= sources
+    assert not sources & {"training", "model_export", "."}
     assert arguments["USER"].isdigit() and arguments["USER"] != "0"
     assert "/readyz" in arguments["HEALTHCHECK"]
     assert image_command(path)[0] == "scene-serve"

@@ -12,17 +12,11 @@ import numpy.typing as npt
 import pytest
 from PIL import Image
 
-from model_export.contract import parse_model_card
+from scene_contract.model import parse_model_card
 from service.errors import CorruptImageError, TooManyPixelsError, UnsupportedMediaTypeError
-from service.pipeline import (
-    classes_present,
-    decode_image,
-    measure_instances,
-    preprocess,
-    resize_bilinear,
-    resize_nearest,
-)
-from service.postprocess import group_instances
+from service.imaging import decode_image, preprocess, resize_bilinear, resize_nearest
+from service.postprocess import group_instances, measure_instances
+from service.responses import classes_present
 
 EXIF_ORIENTATION = 0x0112
 
@@ -143,7 +137,7 @@ def test_classes_present_are_largest_first_with_names(card: dict[str, Any]) -> N
     assert all(c.mean_confidence == pytest.approx(0.5) for c in present)
 
 
-def test_measuring_the_map_agrees_with_the_grouping() -> None:
+def test_grouped_instances_are_measured_on_their_map() -> None:
     # Two blocks whose offsets point at their own centres: a car and a person.
     semantic = np.zeros((32, 48), dtype=np.uint8)
     offsets = np.zeros((2, 32, 48), dtype=np.float32)
@@ -154,13 +148,9 @@ def test_measuring_the_map_agrees_with_the_grouping() -> None:
         offsets[0][block] = (y0 + y1 - 1) / 2 - rows[block]
         offsets[1][block] = (x0 + x1 - 1) / 2 - cols[block]
     grouped = group_instances(semantic, offsets, (11, 13))
-    measured = measure_instances(grouped.instance_map, {i.id: i.class_id for i in grouped.instances})
-    assert len(grouped.instances) == 2
-    for expected, got in zip(grouped.instances, measured, strict=True):
-        assert (got.id, got.class_id, got.pixel_count, got.bbox) == (
-            expected.id,
-            expected.class_id,
-            expected.pixel_count,
-            expected.bbox,
-        )
-        assert got.centroid == pytest.approx(expected.centroid)
+    assert grouped.class_of == {1: 13, 2: 11}
+    car, person = grouped.instances
+    assert (car.id, car.class_id, car.pixel_count, car.bbox) == (1, 13, 240, (6, 4, 30, 14))
+    assert car.centroid == pytest.approx((18.0, 9.0))
+    assert (person.id, person.class_id, person.pixel_count, person.bbox) == (2, 11, 96, (34, 18, 42, 30))
+    assert person.centroid == pytest.approx((38.0, 24.0))

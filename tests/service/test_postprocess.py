@@ -121,7 +121,7 @@ def test_two_touching_cars_are_separated() -> None:
 def test_a_scene_without_things_has_no_instances() -> None:
     semantic, _ = boxes_scene()
     result = group(semantic, np.zeros((2, HEIGHT, WIDTH), dtype=np.float32))
-    assert result.instances == []
+    assert result.instances == ()
     assert result.instance_map.dtype == np.uint16 and result.instance_map.shape == (HEIGHT, WIDTH)
     assert not result.instance_map.any()
 

@@ -13,7 +13,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from model_export.contract import METADATA_KEY
+from scene_contract.model import METADATA_KEY
 from service import runtime as runtime_module
 from service.runtime import ModelLoadError, ModelRuntime, batch_plan, choose_providers
 from service.settings import DEFAULT_PROVIDERS, Settings

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image
 
 from training.data.classes import (
     INSTANCE_DIVISOR,
@@ -36,7 +35,14 @@ from training.data.classes import (
     is_thing_table,
     train_id,
 )
-from training.data.sample import DataConfigError, SceneSample, check_dataset_size, read_png
+from training.data.sample import (
+    DataConfigError,
+    SceneSample,
+    check_dataset_size,
+    read_png,
+    resize_image,
+    resize_nearest,
+)
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -119,9 +125,9 @@ class CityscapesScenes:
         instance_ids = _read_map(frame.instance_ids, full_size)
 
         size = (self.height, self.width)
-        rgb = Image.fromarray(image).resize((self.width, self.height), Image.Resampling.BILINEAR)
-        semantic = _to_train_ids(_resize_nearest(label_ids, size), frame.label_ids)
-        instance = _to_instances(_resize_nearest(instance_ids, size), semantic)
+        rgb = resize_image(image.astype(np.uint8, copy=False), self.height, self.width)
+        semantic = _to_train_ids(resize_nearest(label_ids, *size), frame.label_ids)
+        instance = _to_instances(resize_nearest(instance_ids, *size), semantic)
         if frame.disparity is None or frame.camera is None:
             depth = np.full(size, np.nan, dtype=np.float32)
         else:
@@ -130,10 +136,10 @@ class CityscapesScenes:
             # Disparity is a horizontal pixel offset, so it and fx scale with the width.
             x_scale = self.width / full_size[1]
             depth = _to_depth(
-                _resize_nearest(disparity_png, size), semantic, baseline_m, fx_px * x_scale, x_scale
+                resize_nearest(disparity_png, *size), semantic, baseline_m, fx_px * x_scale, x_scale
             )
         return SceneSample(
-            image=np.asarray(rgb, dtype=np.uint8),
+            image=rgb,
             semantic=semantic,
             instance=instance,
             depth=depth,
@@ -215,18 +221,6 @@ def _read_camera(path: Path) -> tuple[float, float]:
             raise DataConfigError(f"{path}: {section}.{key} must be positive, got {value}")
         values.append(value)
     return values[0], values[1]
-
-
-def _resize_nearest(values: npt.NDArray[np.int64], size: tuple[int, int]) -> npt.NDArray[np.int64]:
-    """Nearest-neighbour resize of ``[H, W]`` to ``size``, sampling at pixel centres.
-
-    Done in numpy rather than Pillow so every label and disparity dtype takes one path
-    and no value is ever blended with a neighbour.
-    """
-    rows = ((np.arange(size[0]) + 0.5) * (values.shape[0] / size[0])).astype(np.intp)
-    cols = ((np.arange(size[1]) + 0.5) * (values.shape[1] / size[1])).astype(np.intp)
-    resized: npt.NDArray[np.int64] = values[np.ix_(rows, cols)]
-    return resized
 
 
 def _to_train_ids(label_ids: npt.NDArray[np.int64], path: Path) -> npt.NDArray[np.uint8]:

@@ -5,8 +5,8 @@ procedural scenes and one trained on Cityscapes share one output layout. The
 procedural generator draws a subset of them (`PROCEDURAL_CLASSES`); classes that
 never occur in a dataset are simply never the target of any pixel.
 
-This module imports nothing beyond numpy, so the service and the exporter can use
-it without torch.
+This module imports nothing beyond numpy. The exporter writes the table into the
+model card, which is where the service reads it from.
 
 Label conventions shared by every dataset in the project:
 
@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from scene_contract import drawing
 
 IGNORE_INDEX = 255
 INSTANCE_DIVISOR = 1000
@@ -103,15 +105,8 @@ def train_id(name: str) -> int:
 
 
 def palette() -> npt.NDArray[np.uint8]:
-    """Colour lookup table ``uint8 [256, 3]``: row ``train_id`` is that class's colour.
-
-    Rows without a class (the ignore index included) are black, so
-    ``palette()[semantic]`` colours any semantic map.
-    """
-    table = np.zeros((256, 3), dtype=np.uint8)
-    for c in CLASSES:
-        table[c.train_id] = c.color
-    return table
+    """Colour lookup table ``uint8 [256, 3]`` of `CLASSES` (see `scene_contract.drawing.palette`)."""
+    return drawing.palette((c.train_id, c.color) for c in CLASSES)
 
 
 def cityscapes_to_train_id() -> npt.NDArray[np.uint8]:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
 from training.data.classes import IGNORE_INDEX, INSTANCE_DIVISOR, INSTANCE_UNKNOWN, is_thing_table
+
+ArrayT = TypeVar("ArrayT", bound=np.generic)
 
 
 class DataConfigError(ValueError):
@@ -73,19 +76,39 @@ class SceneSample:
         assert not np.any(self.depth[labelled] <= 0), "non-positive depth"
 
 
+# The filter that brings every image to the training size. The model card records it
+# (input.resize) so the service resizes uploads the way training resized its frames.
+RESIZE = "bilinear"
+
+
+def resize_image(image: npt.NDArray[np.uint8], height: int, width: int) -> npt.NDArray[np.uint8]:
+    """``uint8 [H, W, 3]`` RGB at ``(height, width)`` with the `RESIZE` filter."""
+    if image.shape[:2] == (height, width):
+        return image
+    resized = Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR)
+    return np.array(resized, dtype=np.uint8)
+
+
+def resize_nearest(values: npt.NDArray[ArrayT], height: int, width: int) -> npt.NDArray[ArrayT]:
+    """Nearest-neighbour resize of a label map ``[H, W]`` to ``(height, width)``, sampling pixel centres.
+
+    Done in numpy rather than Pillow so every label, instance and depth dtype takes one
+    path and no value is ever blended with a neighbour.
+    """
+    rows = ((np.arange(height) + 0.5) * (values.shape[0] / height)).astype(np.intp)
+    cols = ((np.arange(width) + 0.5) * (values.shape[1] / width)).astype(np.intp)
+    return values[np.ix_(rows, cols)]
+
+
 def resize_sample(sample: SceneSample, height: int, width: int) -> SceneSample:
-    """``sample`` at ``(height, width)``: image bilinear, every label map nearest-neighbour."""
+    """``sample`` at ``(height, width)``: image with `RESIZE`, every label map nearest-neighbour."""
     if sample.height == height and sample.width == width:
         return sample
-    rows = ((np.arange(height) + 0.5) * (sample.height / height)).astype(np.intp)
-    cols = ((np.arange(width) + 0.5) * (sample.width / width)).astype(np.intp)
-    pick = np.ix_(rows, cols)
-    image = Image.fromarray(sample.image).resize((width, height), Image.Resampling.BILINEAR)
     return SceneSample(
-        image=np.array(image, dtype=np.uint8),
-        semantic=sample.semantic[pick],
-        instance=sample.instance[pick],
-        depth=sample.depth[pick],
+        image=resize_image(sample.image, height, width),
+        semantic=resize_nearest(sample.semantic, height, width),
+        instance=resize_nearest(sample.instance, height, width),
+        depth=resize_nearest(sample.depth, height, width),
         name=sample.name,
     )
 

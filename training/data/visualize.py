@@ -1,47 +1,20 @@
-"""Colour pictures of labels and depth, for previews, evaluation grids and the demo."""
+"""Colour pictures of this project's labels for previews and evaluation grids.
+
+The colour maps themselves are `scene_contract.drawing`'s, shared with the service.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
 
+from scene_contract.drawing import RGB, colorize_instances, colorize_inverse_depth
 from training.data.classes import palette
 
-RGB = npt.NDArray[np.uint8]
-
-# Anchor colours of a dark-to-bright sequential map (near = bright), interpolated linearly.
-_DEPTH_ANCHORS = np.array(
-    [[8, 8, 24], [60, 20, 110], [170, 50, 120], [240, 120, 60], [252, 230, 140]], dtype=np.float64
-)
+__all__ = ["colorize_instances", "colorize_inverse_depth", "colorize_semantic"]
 
 
 def colorize_semantic(semantic: npt.NDArray[np.integer]) -> RGB:
     """Class colours ``uint8 [H, W, 3]`` for train ids ``[H, W]`` (ignore index: black)."""
     colors: RGB = palette()[semantic.astype(np.intp)]
-    return colors
-
-
-def colorize_instances(instance: npt.NDArray[np.integer]) -> RGB:
-    """A stable, distinct colour per instance id ``[H, W]``; 0 (no instance) is black."""
-    ids = instance.astype(np.uint64)
-    h = (ids * np.uint64(2654435761)) % np.uint64(2**32)
-    h ^= h >> np.uint64(15)
-    rgb = np.stack([(h >> np.uint64(s)) & np.uint64(255) for s in (0, 8, 16)], axis=-1)
-    rgb = (64 + rgb.astype(np.uint16) * 3 // 4).astype(np.uint8)  # keep every instance visible on black
-    rgb[instance == 0] = 0
-    return rgb
-
-
-def colorize_inverse_depth(inverse_depth: npt.NDArray[np.floating], max_inverse: float = 0.5) -> RGB:
-    """Colour map of inverse depth ``[H, W]`` in 1/m: 0 (sky, far) dark, ``max_inverse`` bright.
-
-    NaN (no measurement) is drawn grey.
-    """
-    x = np.clip(np.nan_to_num(inverse_depth, nan=0.0) / max_inverse, 0.0, 1.0)
-    # Square root spreads the many far pixels over more of the map.
-    position = np.sqrt(x) * (len(_DEPTH_ANCHORS) - 1)
-    stops = np.arange(len(_DEPTH_ANCHORS))
-    rgb = np.stack([np.interp(position, stops, _DEPTH_ANCHORS[:, c]) for c in range(3)], axis=-1)
-    rgb[np.isnan(inverse_depth)] = 128
-    colors: RGB = np.rint(rgb).astype(np.uint8)
     return colors

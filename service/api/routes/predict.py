@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -11,11 +10,10 @@ from service import metrics
 from service.api.deps import PipelineDep, require_token
 from service.disconnect import cancel_on_disconnect
 from service.limits import BodyPace, check_request
-from service.pipeline import Prediction, PredictOptions
+from service.prediction import PredictOptions
+from service.responses import NPZ_MEDIA_TYPE
 from service.schemas import ErrorResponse, Output, PredictResponse, Resolution
 from service.upload import IMAGE_FIELD, IMAGE_MEDIA_TYPES, MULTIPART, read_image_bytes
-
-NPZ_MEDIA_TYPE = "application/x-npz"
 
 router = APIRouter(tags=["predict"], dependencies=[Depends(require_token)])
 
@@ -108,7 +106,6 @@ async def predict(
     ``image/webp``) or as the file field ``image`` of a ``multipart/form-data`` body.
     EXIF orientation is applied first; any colour mode is converted to RGB.
     """
-    started = time.perf_counter()
     settings = pipeline.settings
     with metrics.IN_FLIGHT.track_inprogress():
         data = await read_image_bytes(request, settings.max_body_bytes, BodyPace(settings))
@@ -117,30 +114,11 @@ async def predict(
             resolution=resolution,
             overlay=overlay,
             overlay_alpha=overlay_alpha,
+            npz=wants_npz(request.headers.get("accept")),
         )
         # From the header alone, so an image over a limit costs no decoding and no memory.
         check_request(data, settings, maps_at_image_size=resolution is Resolution.original)
-        if wants_npz(request.headers.get("accept")):
-            body, clock = await cancel_on_disconnect(
-                request.receive,
-                pipeline.predict(
-                    data, options, lambda prediction: (pipeline.encode_npz(prediction), prediction.clock)
-                ),
-            )
-            total_ms = (time.perf_counter() - started) * 1000
-            server_timing = ", ".join(
-                f"{name};dur={seconds * 1000:.3f}" for name, seconds in clock.seconds.items()
-            )
-            return Response(
-                body,
-                media_type=NPZ_MEDIA_TYPE,
-                headers={"Server-Timing": f"{server_timing}, total;dur={total_ms:.3f}"},
-            )
-
-        def encode_json(prediction: Prediction) -> str:
-            # Serialised here, in the worker thread, and sent as it is: FastAPI would
-            # otherwise re-validate the response and encode it on the event loop.
-            return pipeline.encode_json(prediction, options, started).model_dump_json(by_alias=True)
-
-        answer = await cancel_on_disconnect(request.receive, pipeline.predict(data, options, encode_json))
-        return Response(answer, media_type="application/json")
+        answer = await cancel_on_disconnect(request.receive, pipeline.predict(data, options))
+        return Response(
+            answer.body, media_type=answer.media_type, headers={"Server-Timing": answer.server_timing}
+        )

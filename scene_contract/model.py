@@ -15,10 +15,13 @@ name                   dtype      shape             meaning
 
 N, H and W are dynamic. H and W should be multiples of ``spatial_multiple`` (the
 backbone's output stride) so features align with pixels; the service resizes every
-image to the training resolution recorded in the card.
+image to the training resolution recorded in the card, with the card's ``input.resize``
+filter.
 
-The model card is JSON in the ONNX metadata under ``METADATA_KEY``. This module only
-needs the standard library and numpy, so the service can import it without torch.
+The model card is JSON in the ONNX metadata under ``METADATA_KEY``: everything a
+consumer needs to read the outputs (the class table and its colours, each task's σ,
+the input size and how to resize to it). This module needs only the standard library,
+so the service can import it without torch or the training code.
 """
 
 from __future__ import annotations
@@ -39,6 +42,13 @@ METADATA_KEY = "scene_mtl.model_card"
 CARD_SCHEMA = "scene-mtl/model-card-v1"
 TASKS: tuple[str, ...] = ("semantic", "instance", "depth")
 MAX_IR_VERSION = 10  # what every onnxruntime release since 1.16 loads
+# Next to the model file, a folder of PNGs at the input size for people to try the model
+# on (scene-export writes them; the service's demo page serves them).
+SAMPLES_DIR = "samples"
+# How images are brought to the card's input size. Cards written before the field
+# existed were all trained on bilinear resizes.
+RESIZE_FILTERS: tuple[str, ...] = ("bilinear", "nearest")
+DEFAULT_RESIZE = "bilinear"
 
 
 class ModelCardError(ValueError):
@@ -55,10 +65,15 @@ class ClassInfo:
 
 @dataclass(frozen=True)
 class TaskUncertainty:
-    """A task's learned homoscedastic uncertainty: σ and s = log σ²."""
+    """A task's homoscedastic uncertainty: σ and s = log σ².
+
+    ``learned`` is False when σ only restates a fixed loss weight (σ = sqrt(c / w)),
+    None when the card does not say.
+    """
 
     sigma: float
     log_variance: float
+    learned: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +86,7 @@ class ModelCard:
     input_height: int
     input_width: int
     spatial_multiple: int
+    resize: str
     precision: str
     classes: tuple[ClassInfo, ...]
     ignore_index: int
@@ -82,6 +98,11 @@ class ModelCard:
     @property
     def thing_ids(self) -> tuple[int, ...]:
         return tuple(c.train_id for c in self.classes if c.is_thing)
+
+    @property
+    def class_names(self) -> dict[int, str]:
+        """Train id → class name."""
+        return {c.train_id: c.name for c in self.classes}
 
     def to_json(self) -> str:
         return json.dumps(self.raw, indent=2, sort_keys=True)
@@ -131,7 +152,15 @@ def parse_model_card(text: str | None) -> ModelCard:
         log_variance = float(field(f"task_uncertainty.{task}.log_variance", (int, float)))
         if not (math.isfinite(sigma) and sigma > 0):
             raise ModelCardError(f"model card task_uncertainty.{task}.sigma must be positive, got {sigma}")
-        uncertainty[task] = TaskUncertainty(sigma, log_variance)
+        learned = field(f"task_uncertainty.{task}", dict).get("learned")
+        if learned is not None and not isinstance(learned, bool):
+            raise ModelCardError(f"model card task_uncertainty.{task}.learned must be true or false")
+        uncertainty[task] = TaskUncertainty(sigma, log_variance, learned)
+    resize = field("input", dict).get("resize", DEFAULT_RESIZE)
+    if resize not in RESIZE_FILTERS:
+        raise ModelCardError(
+            f"model card input.resize is {resize!r}; known filters: {', '.join(RESIZE_FILTERS)}"
+        )
     return ModelCard(
         name=field("name", str),
         version=field("version", str),
@@ -139,6 +168,7 @@ def parse_model_card(text: str | None) -> ModelCard:
         input_height=field("input.height", int),
         input_width=field("input.width", int),
         spatial_multiple=field("input.spatial_multiple", int),
+        resize=resize,
         precision=field("precision", str),
         classes=tuple(classes),
         ignore_index=field("ignore_index", int),

@@ -1,0 +1,198 @@
+"""/predict's response bodies: JSON with PNGs and tables, or the raw arrays as .npz.
+
+Everything the bodies say about the model (class names and colours, each task's σ)
+comes from the model card.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from scene_contract import drawing
+from scene_contract.model import ModelCard
+from service import encoding
+from service.prediction import Prediction, PredictOptions, StageClock
+from service.schemas import (
+    ClassPresence,
+    DepthResult,
+    InstanceItem,
+    InstancesResult,
+    ModelInfo,
+    Output,
+    OverlayResult,
+    PredictResponse,
+    SemanticResult,
+    TaskSigma,
+    Timings,
+)
+
+NPZ_MEDIA_TYPE = "application/x-npz"
+JSON_MEDIA_TYPE = "application/json"
+
+
+class ResponseEncoder:
+    """Builds the bodies for one model; shared by all requests."""
+
+    def __init__(self, card: ModelCard, provider: str) -> None:
+        self.card = card
+        self.provider = provider
+        self.palette = drawing.palette((c.train_id, c.color) for c in card.classes)
+        self.task_uncertainty = {
+            task: TaskSigma.model_validate(value) for task, value in card.task_uncertainty.items()
+        }
+
+    def encode(self, prediction: Prediction, options: PredictOptions, started: float) -> tuple[bytes, str]:
+        """The body and its media type, as ``options`` asked (JSON unless ``options.npz``)."""
+        if options.npz:
+            return self.npz(prediction), NPZ_MEDIA_TYPE
+        # Serialised here, in the worker thread: FastAPI would otherwise re-validate the
+        # response and encode it on the event loop.
+        return self.json(prediction, options, started).model_dump_json(
+            by_alias=True
+        ).encode(), JSON_MEDIA_TYPE
+
+    def json(self, prediction: Prediction, options: PredictOptions, started: float) -> PredictResponse:
+        """The JSON body: PNGs as base64, class and instance tables, timings."""
+        card = self.card
+        clock = prediction.clock
+        with clock.stage("encode"):
+            semantic = depth = instances = overlay = None
+            if prediction.semantic_confidence is not None:
+                semantic = SemanticResult(
+                    png=encoding.to_base64(encoding.semantic_png(prediction.semantic)),
+                    classes=classes_present(prediction.semantic, prediction.semantic_confidence, card),
+                )
+            if prediction.instance_map is not None and Output.instances in options.outputs:
+                instances = InstancesResult(
+                    items=[
+                        InstanceItem(
+                            id=item.id,
+                            class_name=card.class_names.get(item.class_id, f"train id {item.class_id}"),
+                            class_id=item.class_id,
+                            pixel_count=item.pixel_count,
+                            bbox=item.bbox,
+                            centroid=item.centroid,
+                        )
+                        for item in prediction.instances
+                    ],
+                    png=encoding.to_base64(encoding.instance_png(prediction.instance_map)),
+                )
+            if prediction.inverse_depth is not None:
+                png, scale = encoding.depth_png(prediction.inverse_depth)
+                depth = DepthResult(
+                    png=encoding.to_base64(png),
+                    scale_to_metres=scale.scale_to_metres,
+                    min_m=scale.min_m,
+                    max_m=scale.max_m,
+                    sky_value=scale.sky_value,
+                    invalid_value=scale.invalid_value,
+                    beyond_range=scale.beyond_range,
+                )
+            if options.overlay:
+                overlay = OverlayResult(
+                    png=encoding.to_base64(
+                        encoding.overlay_png(
+                            prediction.image,
+                            prediction.semantic,
+                            prediction.instance_map,
+                            self.palette,
+                            options.overlay_alpha,
+                        )
+                    ),
+                    instances_png=(
+                        encoding.to_base64(
+                            encoding.instances_overlay_png(
+                                prediction.image, prediction.instance_map, options.overlay_alpha
+                            )
+                        )
+                        if prediction.instance_map is not None and Output.instances in options.outputs
+                        else None
+                    ),
+                    depth_png=(
+                        encoding.to_base64(encoding.depth_color_png(prediction.inverse_depth))
+                        if prediction.inverse_depth is not None
+                        else None
+                    ),
+                )
+        return PredictResponse(
+            model=ModelInfo(name=card.name, version=card.version, execution_provider=self.provider),
+            task_uncertainty=self.task_uncertainty,
+            width=prediction.width,
+            height=prediction.height,
+            batch_size=prediction.batch_size,
+            semantic=semantic,
+            instances=instances,
+            depth=depth,
+            overlay=overlay,
+            timings_ms=timings(clock, started),
+        )
+
+    def npz(self, prediction: Prediction) -> bytes:
+        """The raw arrays as an uncompressed ``.npz`` (no pickle needed to read it).
+
+        Arrays: ``semantic`` uint8 [H, W] and ``semantic_confidence`` float32 [H, W];
+        ``instance_map`` uint16 [H, W], ``instance_offsets`` float32 [2, H, W] (pixels,
+        (dy, dx)), ``instance_ids``/``instance_class_ids``/``instance_pixel_counts`` int64
+        [K], ``instance_bboxes`` int64 [K, 4] (x0, y0, x1, y1), ``instance_centroids``
+        float64 [K, 2] (x, y); ``inverse_depth`` float32 [H, W] (1/m, 0 = sky) — each
+        group only when its output was asked for (the prediction holds only those).
+        """
+        arrays: dict[str, npt.NDArray[Any]] = {}
+        with prediction.clock.stage("encode"):
+            if prediction.semantic_confidence is not None:
+                arrays["semantic"] = prediction.semantic
+                arrays["semantic_confidence"] = prediction.semantic_confidence
+            if prediction.instance_map is not None and prediction.instance_offsets is not None:
+                items = prediction.instances
+                arrays["instance_map"] = prediction.instance_map
+                arrays["instance_offsets"] = prediction.instance_offsets
+                arrays["instance_ids"] = np.array([i.id for i in items], dtype=np.int64)
+                arrays["instance_class_ids"] = np.array([i.class_id for i in items], dtype=np.int64)
+                arrays["instance_pixel_counts"] = np.array([i.pixel_count for i in items], dtype=np.int64)
+                arrays["instance_bboxes"] = np.array([i.bbox for i in items], dtype=np.int64).reshape(-1, 4)
+                arrays["instance_centroids"] = np.array(
+                    [i.centroid for i in items], dtype=np.float64
+                ).reshape(-1, 2)
+            if prediction.inverse_depth is not None:
+                arrays["inverse_depth"] = prediction.inverse_depth
+            buffer = io.BytesIO()
+            np.savez(buffer, allow_pickle=False, **arrays)
+        return buffer.getvalue()
+
+
+def classes_present(
+    semantic: npt.NDArray[np.uint8], confidence: npt.NDArray[np.float32], card: ModelCard
+) -> list[ClassPresence]:
+    """Classes in ``semantic`` (uint8 [H, W]) with pixel share and mean confidence, largest first."""
+    names = card.class_names
+    flat = semantic.ravel()
+    counts = np.bincount(flat, minlength=256)
+    confidence_sums = np.bincount(flat, weights=confidence.ravel(), minlength=256)
+    present = sorted(np.flatnonzero(counts), key=lambda i: (-counts[i], i))
+    return [
+        ClassPresence(
+            train_id=int(i),
+            name=names.get(int(i), "ignore" if int(i) == card.ignore_index else f"train id {int(i)}"),
+            pixel_fraction=float(counts[i] / flat.size),
+            mean_confidence=float(np.clip(confidence_sums[i] / counts[i], 0.0, 1.0)),
+        )
+        for i in present
+    ]
+
+
+def timings(clock: StageClock, started: float) -> Timings:
+    """Per-stage milliseconds and the total since ``started`` (a ``time.perf_counter()``)."""
+    return Timings(
+        decode=clock.milliseconds("decode"),
+        preprocess=clock.milliseconds("preprocess"),
+        queue=clock.milliseconds("queue_wait"),
+        inference=clock.milliseconds("inference"),
+        postprocess=clock.milliseconds("postprocess"),
+        encode=clock.milliseconds("encode"),
+        total=round((time.perf_counter() - started) * 1000, 3),
+    )
