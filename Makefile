@@ -39,17 +39,23 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[train,serve,dev]'
 	touch $@
 
-# Serving needs only the serve extra (no torch), in its own environment.
+# Serving needs only the serve extra (no torch), in its own environment, and only the
+# packages the serving image holds: scene_contract/ and service/ are installed from a
+# copy of their own, so training/ cannot be imported there (docs/architecture.md).
+# Reinstalled when either package changes.
 SERVE_VENV := .venv-serve
 SERVE_STAMP := $(SERVE_VENV)/.installed-serve
+SERVE_SOURCES := $(shell find scene_contract service -type f -not -path '*/__pycache__/*')
 
 serve: $(SERVE_STAMP)
 	$(SERVE_VENV)/bin/scene-serve --model models/default/model.onnx --host 127.0.0.1 --port 8000
 
-$(SERVE_STAMP): pyproject.toml
-	$(PYTHON) -m venv $(SERVE_VENV)
-	$(SERVE_VENV)/bin/pip install --quiet --upgrade pip
-	$(SERVE_VENV)/bin/pip install --quiet -e '.[serve]'
+$(SERVE_STAMP): pyproject.toml README.md $(SERVE_SOURCES)
+	[ -x $(SERVE_VENV)/bin/pip ] || { $(PYTHON) -m venv $(SERVE_VENV) && $(SERVE_VENV)/bin/pip install --quiet --upgrade pip; }
+	rm -rf build/serve-src && mkdir -p build/serve-src
+	cp -r pyproject.toml README.md scene_contract service build/serve-src/
+	$(SERVE_VENV)/bin/pip install --quiet --force-reinstall --no-deps ./build/serve-src
+	$(SERVE_VENV)/bin/pip install --quiet './build/serve-src[serve]'
 	touch $@
 
 # The bundled model, by the exact commands that made it (about 2 hours on 2 CPU cores):
