@@ -28,7 +28,7 @@ from service.postprocess import Instance, group_instances, measure_instances
 from service.prediction import Prediction, PredictOptions, StageClock
 from service.responses import ResponseEncoder
 from service.runtime import ModelRuntime, Outputs
-from service.schemas import Output, Resolution
+from service.schemas import RequestedOutput, Resolution
 from service.settings import Settings
 
 
@@ -117,9 +117,9 @@ class Pipeline:
         want = options.outputs
         instance_map = confidence = inverse_depth = instance_offsets = None
         instances: tuple[Instance, ...] = ()
-        if Output.semantic in want:
+        if RequestedOutput.semantic in want:
             confidence = resize_bilinear(outputs[SEMANTIC_CONFIDENCE], size)
-        if Output.instances in want or options.overlay:
+        if RequestedOutput.instances in want or options.overlay:
             # Offsets are in model pixels, so grouping happens at the model's resolution;
             # the instances are measured once, on the map that is returned.
             grouped = group_instances(
@@ -130,12 +130,12 @@ class Pipeline:
             else:
                 instance_map = resize_nearest(grouped.instance_map, size)
                 instances = measure_instances(instance_map, grouped.class_of)
-        if Output.instances in want:
+        if RequestedOutput.instances in want:
             scale_y, scale_x = size[0] / semantic.shape[0], size[1] / semantic.shape[1]
             instance_offsets = np.stack(
                 [resize_bilinear(offsets[0], size) * scale_y, resize_bilinear(offsets[1], size) * scale_x]
             )
-        if Output.depth in want:
+        if RequestedOutput.depth in want:
             model_depth = outputs[INVERSE_DEPTH][0]  # float32 [h, w], 1/m
             # Bilinear blending would give sky pixels a finite depth; sky stays exactly 0.
             sky = resize_nearest(model_depth, size) == 0

@@ -49,7 +49,7 @@ class Instance:
     """One grouped instance.
 
     Attributes:
-        id: its value in ``InstanceResult.instance_map`` (1..K).
+        id: its value in ``GroupedInstances.instance_map`` (1..K).
         class_id: train id, the majority class of its pixels.
         pixel_count: pixels in the instance.
         bbox: ``(x0, y0, x1, y1)`` pixel edges, inclusive-exclusive: the instance spans
@@ -65,7 +65,7 @@ class Instance:
 
 
 @dataclass(frozen=True)
-class InstanceResult:
+class GroupedInstances:
     """The grouped instances of one image.
 
     Attributes:
@@ -87,7 +87,7 @@ def measure_instances(instance_map: npt.NDArray[np.uint16], class_of: dict[int, 
     """Pixel count, bounding box and centroid of every id in ``instance_map`` (uint16 [H, W]).
 
     The one measurement of instances in the service: at the model's resolution through
-    `InstanceResult.instances`, or on a resized map, so the numbers always agree with
+    `GroupedInstances.instances`, or on a resized map, so the numbers always agree with
     the map they describe. ``class_of`` maps instance id → train id (-1 if absent).
     """
     ys, xs = np.nonzero(instance_map)
@@ -144,7 +144,7 @@ def group_instances(
     top_k: int = 64,
     optics_max_samples: int = 1000,
     optics_eps: float = 2.0,
-) -> InstanceResult:
+) -> GroupedInstances:
     """Group thing pixels into instances from their predicted centroid offsets.
 
     Args:
@@ -194,7 +194,7 @@ def group_instances(
 
     votes = _thing_votes(semantic, offsets, thing_ids, class_aware)
     if votes.rows.size == 0:
-        return InstanceResult(np.zeros((height, width), dtype=np.uint16), {})
+        return GroupedInstances(np.zeros((height, width), dtype=np.uint16), {})
     if method == "peaks":
         centres, centre_group = _peak_centres(
             votes, height, width, scaled_min_votes, smoothing_sigma, nms_radius, vote_window, top_k
@@ -465,7 +465,7 @@ def _instances(
     labels: IntArray,
     centre_count: int,
     min_pixels: float,
-) -> InstanceResult:
+) -> GroupedInstances:
     """Number the groups big enough to keep and give each its majority class."""
     height, width = semantic.shape
     instance_map = np.zeros((height, width), dtype=np.uint16)
@@ -477,7 +477,7 @@ def _instances(
     kept = np.flatnonzero(counts >= min_pixels)
     kept = kept[np.lexsort((first[kept], -counts[kept]))]
     if kept.size == 0:
-        return InstanceResult(instance_map, {})
+        return GroupedInstances(instance_map, {})
     new_id = np.zeros(centre_count, dtype=np.intp)
     new_id[kept] = np.arange(1, kept.size + 1)
     ids = new_id[labels]
@@ -488,4 +488,4 @@ def _instances(
     slots = kept.size + 1
     class_votes = np.bincount(ids * 256 + semantic[rows, cols], minlength=slots * 256).reshape(slots, 256)
     class_id = class_votes.argmax(axis=1)
-    return InstanceResult(instance_map, {k: int(class_id[k]) for k in range(1, slots)})
+    return GroupedInstances(instance_map, {k: int(class_id[k]) for k in range(1, slots)})

@@ -12,7 +12,7 @@ import numpy.typing as npt
 
 from service import metrics
 from service.postprocess import Instance
-from service.schemas import Output, Resolution
+from service.schemas import RequestedOutput, Resolution
 
 RGBImage = npt.NDArray[np.uint8]
 
@@ -21,7 +21,7 @@ RGBImage = npt.NDArray[np.uint8]
 class PredictOptions:
     """What the client asked for (query parameters of /predict)."""
 
-    outputs: frozenset[Output] = frozenset(Output)
+    outputs: frozenset[RequestedOutput] = frozenset(RequestedOutput)
     resolution: Resolution = Resolution.original
     overlay: bool = False
     overlay_alpha: float = 0.5

@@ -23,9 +23,9 @@ from service.schemas import (
     InstanceItem,
     InstancesResult,
     ModelInfo,
-    Output,
     OverlayResult,
     PredictResponse,
+    RequestedOutput,
     SemanticResult,
     TaskSigma,
     Timings,
@@ -67,7 +67,7 @@ class ResponseEncoder:
                     png=encoding.to_base64(encoding.semantic_png(prediction.semantic)),
                     classes=classes_present(prediction.semantic, prediction.semantic_confidence, card),
                 )
-            if prediction.instance_map is not None and Output.instances in options.outputs:
+            if prediction.instance_map is not None and RequestedOutput.instances in options.outputs:
                 instances = InstancesResult(
                     items=[
                         InstanceItem(
@@ -110,7 +110,8 @@ class ResponseEncoder:
                                 prediction.image, prediction.instance_map, options.overlay_alpha
                             )
                         )
-                        if prediction.instance_map is not None and Output.instances in options.outputs
+                        if prediction.instance_map is not None
+                        and RequestedOutput.instances in options.outputs
                         else None
                     ),
                     depth_png=(

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class Output(StrEnum):
+class RequestedOutput(StrEnum):
     """What a /predict client can ask for with ``outputs=``."""
 
     semantic = "semantic"

@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from service.postprocess import InstanceResult, group_instances
+from service.postprocess import GroupedInstances, group_instances
 from training.data.classes import INSTANCE_DIVISOR, THING_TRAIN_IDS, train_id
 from training.data.procedural import ProceduralScenes
 from training.data.sample import SceneSample
@@ -34,7 +34,7 @@ def boxes_scene(*boxes: Box) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int3
 
 def group(
     semantic: npt.NDArray[np.uint8], offsets: npt.NDArray[np.float32], **options: Any
-) -> InstanceResult:
+) -> GroupedInstances:
     return group_instances(semantic, offsets, THING_TRAIN_IDS, **options)
 
 

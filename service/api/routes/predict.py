@@ -12,7 +12,7 @@ from service.disconnect import cancel_on_disconnect
 from service.limits import BodyPace, check_request
 from service.prediction import PredictOptions
 from service.responses import NPZ_MEDIA_TYPE
-from service.schemas import ErrorResponse, Output, PredictResponse, Resolution
+from service.schemas import ErrorResponse, PredictResponse, RequestedOutput, Resolution
 from service.upload import IMAGE_FIELD, IMAGE_MEDIA_TYPES, MULTIPART, read_image_bytes
 
 router = APIRouter(tags=["predict"], dependencies=[Depends(require_token)])
@@ -110,7 +110,7 @@ async def predict(
     with metrics.IN_FLIGHT.track_inprogress():
         data = await read_image_bytes(request, settings.max_body_bytes, BodyPace(settings))
         options = PredictOptions(
-            outputs=frozenset(Output(name) for name in outputs.split(",")),
+            outputs=frozenset(RequestedOutput(name) for name in outputs.split(",")),
             resolution=resolution,
             overlay=overlay,
             overlay_alpha=overlay_alpha,
