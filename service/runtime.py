@@ -105,9 +105,20 @@ class ModelRuntime:
     """
 
     def __init__(
-        self, session: ort.InferenceSession, card: ModelCard, *, io_binding: bool | None = None
+        self,
+        session: ort.InferenceSession,
+        card: ModelCard,
+        *,
+        io_binding: bool | None = None,
+        lone_session: ort.InferenceSession | None = None,
     ) -> None:
         self._session = session
+        # On a CPU the streams split the cores, one thread each; a run that starts while
+        # no other is running gets this session instead, with a thread per core, so a
+        # lone request is not held to one core. None: always `session`.
+        self._lone_session = lone_session
+        self._active_runs = 0
+        self._active_lock = threading.Lock()
         self.card = card
         self.provider: str = session.get_providers()[0]
         # On a GPU, IO binding lets ORT copy the batch to the device once and write the
@@ -144,7 +155,13 @@ class ModelRuntime:
         # Idle ORT threads otherwise spin on the CPU, burning the core that decoding and
         # encoding of other requests need.
         session, card = open_model(settings.model_path, providers, threads, allow_spinning=not cpu_only)
-        runtime = cls(session, card)
+        lone_session = None
+        cores = os.cpu_count() or 1
+        if cpu_only and not settings.intra_op_threads and threads < cores:
+            # Spinning threads are what make a second thread pay (15.4 ms against 11.5 ms
+            # at 128x256 in docs/benchmarks.md); this session runs only when nothing else does.
+            lone_session, _ = open_model(settings.model_path, providers, cores, allow_spinning=True)
+        runtime = cls(session, card, lone_session=lone_session)
         if runtime.provider != providers[0]:
             logger.warning("preferred %s is unavailable here; running on %s", providers[0], runtime.provider)
         logger.info(
@@ -178,8 +195,11 @@ class ModelRuntime:
         builds; doing them here keeps that cost out of the first requests.
         """
         height, width = self.input_size
-        for batch_size in sorted(set(batch_sizes)):
-            self.run(np.zeros((batch_size, height, width, 3), dtype=np.uint8))
+        for session in (self._session, self._lone_session):
+            if session is None:
+                continue
+            for batch_size in sorted(set(batch_sizes)):
+                self._run(session, np.zeros((batch_size, height, width, 3), dtype=np.uint8))
         self._ready.set()
         logger.info("warm-up done for batch sizes %s; ready", sorted(set(batch_sizes)))
 
@@ -190,16 +210,32 @@ class ModelRuntime:
         ``instance_offsets`` float32 [N, 2, H, W] pixels (dy, dx); ``inverse_depth``
         float32 [N, 1, H, W] in 1/m.
         """
+        with self._active_lock:
+            self._active_runs += 1
+            alone = self._active_runs == 1
+        try:
+            session = self._lone_session if alone and self._lone_session is not None else self._session
+            return self._run(session, images)
+        finally:
+            with self._active_lock:
+                self._active_runs -= 1
+
+    @property
+    def lone_run_threads(self) -> bool:
+        """True when a run that starts alone gets every core (CPU, more than one stream)."""
+        return self._lone_session is not None
+
+    def _run(self, session: ort.InferenceSession, images: npt.NDArray[np.uint8]) -> Outputs:
         images = np.ascontiguousarray(images, dtype=np.uint8)
         if self._io_binding:
-            binding = self._session.io_binding()
+            binding = session.io_binding()
             binding.bind_cpu_input(INPUT_NAME, images)
             for name in OUTPUT_NAMES:
                 binding.bind_output(name, "cpu")
-            self._session.run_with_iobinding(binding)
+            session.run_with_iobinding(binding)
             values = binding.copy_outputs_to_cpu()
         else:
-            values = self._session.run(list(OUTPUT_NAMES), {INPUT_NAME: images})
+            values = session.run(list(OUTPUT_NAMES), {INPUT_NAME: images})
         return dict(zip(OUTPUT_NAMES, values, strict=True))
 
     def v2_metadata(self) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -155,3 +156,43 @@ def test_batching_is_for_gpus_and_cpus_run_one_image_per_core() -> None:
         == batch_plan(chosen, "TensorrtExecutionProvider")
         == (2, 4)
     )
+
+
+def test_a_lone_run_gets_every_core_and_concurrent_runs_a_core_each(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    runtime = ModelRuntime.load(make_settings(intra_op_threads=0, inference_streams=2))
+    assert runtime.lone_run_threads
+    used: list[bool] = []
+    second_started, first_may_finish = threading.Event(), threading.Event()
+    real_run = ModelRuntime._run
+
+    def spy(self: ModelRuntime, session: ort.InferenceSession, images: Any) -> Any:
+        used.append(session is self._lone_session)
+        if len(used) == 1:
+            assert first_may_finish.wait(10)  # hold the first run until the second is in
+        else:
+            second_started.set()
+        return real_run(self, session, images)
+
+    monkeypatch.setattr(ModelRuntime, "_run", spy)
+    image = np.zeros((1, 32, 48, 3), dtype=np.uint8)
+    first = threading.Thread(target=runtime.run, args=(image,))
+    first.start()
+    second = threading.Thread(target=runtime.run, args=(image,))
+    second.start()
+    assert second_started.wait(10)
+    first_may_finish.set()
+    first.join(10)
+    second.join(10)
+    runtime.run(image)  # alone again
+    assert used == [True, False, True]
+
+
+def test_explicit_threads_or_one_stream_per_core_keep_a_single_session(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert not ModelRuntime.load(make_settings(intra_op_threads=1, inference_streams=2)).lone_run_threads
+    assert not ModelRuntime.load(make_settings(intra_op_threads=0, inference_streams=1)).lone_run_threads
