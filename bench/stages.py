@@ -28,7 +28,7 @@ from fastapi.encoders import jsonable_encoder
 
 from bench import peer
 from service.batching import MicroBatcher
-from service.imaging import decode_image, preprocess
+from service.imaging import decode_upload, preprocess
 from service.pipeline import Pipeline
 from service.prediction import PredictOptions, StageClock
 from service.runtime import ModelRuntime
@@ -48,13 +48,15 @@ def cpu_ms(work: Callable[[], Any], runs: int) -> tuple[float, Any]:
 def measure(pipeline: Pipeline, settings: Settings, payload: peer.Payload, runs: int) -> dict[str, float]:
     runtime, options = pipeline.runtime, PredictOptions()
     stages: dict[str, float] = {}
-    decode_ms, image = cpu_ms(lambda: decode_image(payload.data, settings.max_pixels), runs)
+    decode_ms, (image, size) = cpu_ms(
+        lambda: decode_upload(payload.data, settings.max_pixels, runtime.input_size), runs
+    )
     resize_ms, model_input = cpu_ms(lambda: preprocess(image, runtime.input_size), runs)
     stages["decode + resize"] = decode_ms + resize_ms
     stages["model (1 thread)"], outputs = cpu_ms(lambda: runtime.run(model_input[None]), runs)
     single = {name: values[0] for name, values in outputs.items()}
     stages["postprocess"], prediction = cpu_ms(
-        lambda: pipeline.postprocess(single, image, options, 1, StageClock()), runs
+        lambda: pipeline.postprocess(single, size, None, options, 1, StageClock()), runs
     )
     stages["encode"], response = cpu_ms(
         lambda: pipeline.responses.json(prediction, options, time.perf_counter()), runs

@@ -22,6 +22,7 @@ ACCEPTED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP")
 _SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 _FILTERS = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST}
 RGBImage = npt.NDArray[np.uint8]
+_EXIF_ORIENTATION = 0x0112
 
 
 def decode_image(data: bytes, max_pixels: int) -> RGBImage:
@@ -32,6 +33,19 @@ def decode_image(data: bytes, max_pixels: int) -> RGBImage:
     Raises:
         TooManyPixelsError: more than ``max_pixels`` (width × height).
         CorruptImageError: not one of the accepted formats, truncated, or undecodable.
+    """
+    return decode_upload(data, max_pixels)[0]
+
+
+def decode_upload(
+    data: bytes, max_pixels: int, at_least: tuple[int, int] | None = None
+) -> tuple[RGBImage, tuple[int, int]]:
+    """`decode_image`, and the upright image's full size ``(H, W)``.
+
+    With ``at_least`` = (height, width), a JPEG is decoded at the smallest of libjpeg's
+    1/1, 1/2, 1/4 and 1/8 scales that still covers that size upright (scaling in the
+    DCT, several times cheaper than decoding every pixel); for when only the model's
+    input is needed from the pixels. Other formats decode in full.
     """
     # The limit is checked from the header below. Pillow's own bomb check (a process-wide
     # global, left alone) only fires for images far over any sensible limit.
@@ -52,6 +66,12 @@ def decode_image(data: bytes, max_pixels: int) -> RGBImage:
     if width * height > max_pixels:
         raise TooManyPixelsError(f"the image has {width}×{height} pixels; the limit is {max_pixels}")
     try:
+        # EXIF orientations 5-8 turn the image a quarter: the stored sides swap upright.
+        turned = image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+        full_size = (width, height) if turned else (height, width)
+        if at_least is not None and image.format == "JPEG":
+            stored = (at_least[0], at_least[1]) if turned else (at_least[1], at_least[0])
+            image.draft("RGB", stored)
         image.load()
         upright = ImageOps.exif_transpose(image)
     except Image.DecompressionBombError:
@@ -62,7 +82,7 @@ def decode_image(data: bytes, max_pixels: int) -> RGBImage:
         raise
     except Exception as error:
         raise CorruptImageError(f"the image is truncated or corrupt: {error}") from None
-    return _to_rgb(upright)
+    return _to_rgb(upright), full_size
 
 
 def _not_accepted(data: bytes) -> ServiceError:
@@ -109,13 +129,19 @@ def resize_nearest(values: npt.NDArray[Any], size: tuple[int, int]) -> npt.NDArr
     height, width = size
     if values.shape[-2:] == (height, width):
         return values
-    rows = np.minimum(
-        ((np.arange(height) + 0.5) * values.shape[-2] / height).astype(np.intp), values.shape[-2] - 1
-    )
-    cols = np.minimum(
-        ((np.arange(width) + 0.5) * values.shape[-1] / width).astype(np.intp), values.shape[-1] - 1
-    )
+    rows = nearest_sources(height, values.shape[-2])
+    cols = nearest_sources(width, values.shape[-1])
     return values[..., rows[:, None], cols[None, :]]
+
+
+def nearest_sources(size: int, source_size: int) -> npt.NDArray[np.intp]:
+    """For each of ``size`` output pixels along an axis, the source pixel `resize_nearest` samples.
+
+    Non-decreasing, so each source pixel feeds a contiguous run of output pixels (empty
+    for some when shrinking).
+    """
+    centres = (np.arange(size) + 0.5) * source_size / size
+    return np.minimum(centres.astype(np.intp), source_size - 1)
 
 
 def resize_bilinear(values: npt.NDArray[np.float32], size: tuple[int, int]) -> npt.NDArray[np.float32]:

@@ -23,8 +23,8 @@ from anyio import CapacityLimiter, to_thread
 from scene_contract.model import INSTANCE_OFFSETS, INVERSE_DEPTH, SEMANTIC, SEMANTIC_CONFIDENCE
 from service.batching import MicroBatcher
 from service.errors import InferenceTimeoutError
-from service.imaging import RGBImage, decode_image, preprocess, resize_bilinear, resize_nearest
-from service.postprocess import Instance, group_instances, measure_instances
+from service.imaging import RGBImage, decode_upload, preprocess, resize_bilinear, resize_nearest
+from service.postprocess import Instance, group_instances, measure_resized
 from service.prediction import Prediction, PredictOptions, StageClock
 from service.responses import ResponseEncoder
 from service.runtime import ModelRuntime, Outputs
@@ -77,41 +77,49 @@ class Pipeline:
         started = time.perf_counter()
         clock = StageClock()
         with self.batcher.incoming():
-            image, model_input = await to_thread.run_sync(
-                self._prepare, data, clock, limiter=self.cpu_limiter
-            )
+            prepared = await to_thread.run_sync(self._prepare, data, options, clock, limiter=self.cpu_limiter)
+        image, size, model_input = prepared
         result = await self.batcher.infer(model_input, self.settings.request_timeout_s)
         clock.record("queue_wait", result.queue_wait_s)
         clock.record("inference", result.inference_s)
-        shown = image if options.resolution is Resolution.original else model_input
+        if options.resolution is Resolution.model:
+            image, size = model_input, self.runtime.input_size
 
         # Postprocessing and encoding share one thread hop: at 128x256 each hop is a
         # noticeable share of what the service adds to the model's time.
         def finish() -> Answer:
             with clock.stage("postprocess"):
-                prediction = self.postprocess(result.outputs, shown, options, result.batch_size, clock)
+                prediction = self.postprocess(result.outputs, size, image, options, result.batch_size, clock)
             body, media_type = self.responses.encode(prediction, options, started)  # timed inside
             return Answer(body, media_type, clock, time.perf_counter() - started)
 
         return await to_thread.run_sync(finish, limiter=self.cpu_limiter)
 
-    def _prepare(self, data: bytes, clock: StageClock) -> tuple[RGBImage, RGBImage]:
+    def _prepare(
+        self, data: bytes, options: PredictOptions, clock: StageClock
+    ) -> tuple[RGBImage | None, tuple[int, int], RGBImage]:
+        """The upload's pixels (None unless the overlay needs them), its upright size and the model input."""
+        full_pixels = options.overlay and options.resolution is Resolution.original
         with clock.stage("decode"):
-            image = decode_image(data, self.settings.max_pixels)
+            at_least = None if full_pixels else self.runtime.input_size
+            image, size = decode_upload(data, self.settings.max_pixels, at_least)
         with clock.stage("preprocess"):
             model_input = preprocess(image, self.runtime.input_size, self.runtime.card.resize)
-        return image, model_input
+        return (image if full_pixels else None), size, model_input
 
     def postprocess(
         self,
         outputs: Outputs,
-        image: RGBImage,
+        size: tuple[int, int],
+        image: RGBImage | None,
         options: PredictOptions,
         batch_size: int,
         clock: StageClock,
     ) -> Prediction:
-        """Group instances at the model's resolution, then bring the asked-for maps to ``image``'s size."""
-        size = (int(image.shape[0]), int(image.shape[1]))
+        """Group instances at the model's resolution, then bring the asked-for maps to ``size`` (H, W).
+
+        ``image`` is the picture at ``size`` for the overlay, None when none was asked for.
+        """
         semantic = outputs[SEMANTIC]  # uint8 [h, w]
         offsets = outputs[INSTANCE_OFFSETS]  # float32 [2, h, w], pixels of the model input
         want = options.outputs
@@ -121,7 +129,7 @@ class Pipeline:
             confidence = resize_bilinear(outputs[SEMANTIC_CONFIDENCE], size)
         if RequestedOutput.instances in want or options.overlay:
             # Offsets are in model pixels, so grouping happens at the model's resolution;
-            # the instances are measured once, on the map that is returned.
+            # the instances are measured once, exactly as on the map that is returned.
             grouped = group_instances(
                 semantic, offsets, self.runtime.card.thing_ids, method=self.settings.instance_method
             )
@@ -129,7 +137,7 @@ class Pipeline:
                 instance_map, instances = grouped.instance_map, grouped.instances
             else:
                 instance_map = resize_nearest(grouped.instance_map, size)
-                instances = measure_instances(instance_map, grouped.class_of)
+                instances = measure_resized(grouped.instance_map, grouped.class_of, size)
         if RequestedOutput.instances in want:
             scale_y, scale_x = size[0] / semantic.shape[0], size[1] / semantic.shape[1]
             instance_offsets = np.stack(

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from service.imaging import nearest_sources
+
 METHODS: tuple[str, ...] = ("peaks", "optics")
 REFERENCE_AREA = 128 * 256  # the training resolution the count defaults are tuned for
 _ASSIGN_CHUNK = 65536  # pixels per block of the pixel x centre distance matrix, to bound memory
@@ -114,6 +116,63 @@ def measure_instances(instance_map: npt.NDArray[np.uint16], class_of: dict[int, 
         )
         for i in np.flatnonzero(counts)
     )
+
+
+def measure_resized(
+    instance_map: npt.NDArray[np.uint16], class_of: dict[int, int], size: tuple[int, int]
+) -> tuple[Instance, ...]:
+    """`measure_instances` of ``resize_nearest(instance_map, size)``, without making that map.
+
+    Nearest-neighbour resizing sends each output row to one source row, and the rows
+    that share a source are contiguous (likewise columns), so each source pixel stands
+    for a block of output pixels: a run of rows times a run of columns, empty for some
+    when shrinking. Summing over the blocks gives exactly the numbers measured on the
+    resized map, in time proportional to the small one: at 2048x1024 from 128x256
+    that is 64 times fewer pixels to visit.
+    """
+    height, width = size
+    rows = nearest_sources(height, instance_map.shape[0])
+    cols = nearest_sources(width, instance_map.shape[1])
+    row_start, row_end, row_sum = _runs(rows, instance_map.shape[0])
+    col_start, col_end, col_sum = _runs(cols, instance_map.shape[1])
+    ys, xs = np.nonzero(instance_map)
+    row_count, col_count = (row_end - row_start)[ys], (col_end - col_start)[xs]
+    shown = (row_count > 0) & (col_count > 0)
+    ys, xs, row_count, col_count = ys[shown], xs[shown], row_count[shown], col_count[shown]
+    if ys.size == 0:
+        return ()
+    ids = instance_map[ys, xs].astype(np.intp)
+    slots = int(ids.max()) + 1
+    counts = np.bincount(ids, weights=row_count * col_count, minlength=slots)
+    sum_y = np.bincount(ids, weights=row_sum[ys] * col_count, minlength=slots)
+    sum_x = np.bincount(ids, weights=row_count * col_sum[xs], minlength=slots)
+    bounds = np.zeros((4, slots), dtype=np.intp)
+    bounds[0], bounds[1] = np.iinfo(np.intp).max, np.iinfo(np.intp).max
+    np.minimum.at(bounds[0], ids, col_start[xs])
+    np.minimum.at(bounds[1], ids, row_start[ys])
+    np.maximum.at(bounds[2], ids, col_end[xs])
+    np.maximum.at(bounds[3], ids, row_end[ys])
+    return tuple(
+        Instance(
+            id=int(i),
+            class_id=class_of.get(int(i), -1),
+            pixel_count=int(counts[i]),
+            bbox=(int(bounds[0, i]), int(bounds[1, i]), int(bounds[2, i]), int(bounds[3, i])),
+            centroid=(float(sum_x[i] / counts[i] + 0.5), float(sum_y[i] / counts[i] + 0.5)),
+        )
+        for i in np.flatnonzero(counts)
+    )
+
+
+def _runs(
+    sources: npt.NDArray[np.intp], source_size: int
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.float64]]:
+    """Per source pixel: first and end-exclusive output pixel fed by it, and the sum of their indices."""
+    pixels = np.arange(source_size)
+    start = np.searchsorted(sources, pixels, side="left")
+    end = np.searchsorted(sources, pixels, side="right")
+    index_sum = (start + end - 1) * (end - start) / 2.0
+    return start, end, index_sum
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,9 @@ class Prediction:
     """Everything /predict returns, at the returned resolution ``[H, W]``.
 
     Attributes:
-        image: uint8 [H, W, 3] RGB, the picture the maps describe (for the overlay).
+        image: uint8 [H, W, 3] RGB, the picture the maps describe, for the overlay; None
+            when no overlay was asked for (the upload is then decoded only as far as the
+            model needs).
         semantic: uint8 [H, W] train ids (always: the overlay and the class table use it).
         semantic_confidence: float32 [H, W] softmax probability of that class; None
             unless semantic was asked for.
@@ -68,7 +70,7 @@ class Prediction:
         clock: stage timings so far.
     """
 
-    image: RGBImage
+    image: RGBImage | None
     semantic: npt.NDArray[np.uint8]
     semantic_confidence: npt.NDArray[np.float32] | None
     instance_map: npt.NDArray[np.uint16] | None

@@ -93,7 +93,7 @@ class ResponseEncoder:
                     invalid_value=scale.invalid_value,
                     beyond_range=scale.beyond_range,
                 )
-            if options.overlay:
+            if options.overlay and prediction.image is not None:
                 overlay = OverlayResult(
                     png=encoding.to_base64(
                         encoding.overlay_png(

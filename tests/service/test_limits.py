@@ -49,7 +49,7 @@ def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*_: object, **__: object) -> None:
         raise AssertionError("the image was decoded")
 
-    monkeypatch.setattr(pipeline, "decode_image", refuse)
+    monkeypatch.setattr(pipeline, "decode_upload", refuse)
 
 
 @pytest.mark.parametrize("kind", ["PNG", "JPEG", "WEBP"])
@@ -97,13 +97,13 @@ async def test_maps_over_the_output_budget_are_refused_before_any_work(
     accept: dict[str, str],
 ) -> None:
     decoded: list[int] = []
-    real_decode = pipeline.decode_image
+    real_decode = pipeline.decode_upload
 
-    def counting_decode(data: bytes, max_pixels: int) -> Any:
+    def counting_decode(data: bytes, max_pixels: int, at_least: Any = None) -> Any:
         decoded.append(len(data))
-        return real_decode(data, max_pixels)
+        return real_decode(data, max_pixels, at_least)
 
-    monkeypatch.setattr(pipeline, "decode_image", counting_decode)
+    monkeypatch.setattr(pipeline, "decode_upload", counting_decode)
     async with serve(create_app(make_settings(max_output_pixels=5_000))) as client:
         refused = await client.post("/predict", content=blank(100, 60), headers=PNG | accept)
         assert not decoded, "the over-budget request was decoded"

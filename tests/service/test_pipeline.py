@@ -14,8 +14,8 @@ from PIL import Image
 
 from scene_contract.model import parse_model_card
 from service.errors import CorruptImageError, TooManyPixelsError, UnsupportedMediaTypeError
-from service.imaging import decode_image, preprocess, resize_bilinear, resize_nearest
-from service.postprocess import group_instances, measure_instances
+from service.imaging import decode_image, decode_upload, preprocess, resize_bilinear, resize_nearest
+from service.postprocess import group_instances, measure_instances, measure_resized
 from service.responses import classes_present
 
 EXIF_ORIENTATION = 0x0112
@@ -154,3 +154,39 @@ def test_grouped_instances_are_measured_on_their_map() -> None:
     assert car.centroid == pytest.approx((18.0, 9.0))
     assert (person.id, person.class_id, person.pixel_count, person.bbox) == (2, 11, 96, (34, 18, 42, 30))
     assert person.centroid == pytest.approx((38.0, 24.0))
+
+
+@pytest.mark.parametrize("size", [(32, 48), (97, 211), (13, 7), (64, 30), (1, 1)])
+def test_measuring_from_the_small_map_equals_measuring_the_resized_one(size: tuple[int, int]) -> None:
+    rng = np.random.default_rng(size[0] * 1000 + size[1])
+    small = np.zeros((16, 24), dtype=np.uint16)
+    for k in range(1, 7):  # blocks of six instances, some overlapping, one a single pixel
+        y, x = rng.integers(0, 16), rng.integers(0, 24)
+        small[y : y + rng.integers(1, 6), x : x + rng.integers(1, 9)] = k
+    small[15, 23] = 9
+    class_of = {k: 10 + k for k in range(1, 10)}
+    expected = measure_instances(resize_nearest(small, size), class_of)
+    got = measure_resized(small, class_of, size)
+    assert got == expected  # ids, classes, counts, boxes and centroids, exactly
+    assert measure_resized(np.zeros((16, 24), np.uint16), class_of, size) == ()
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_a_jpeg_for_the_model_alone_is_decoded_at_a_reduced_scale(orientation: int) -> None:
+    rng = np.random.default_rng(0)
+    stored = Image.fromarray(rng.integers(0, 256, (1024, 2048, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    data = encode(stored, "JPEG", exif=exif.tobytes())
+    upright = (2048, 1024) if orientation == 6 else (1024, 2048)  # 6: turned a quarter
+    full, full_size = decode_upload(data, 10**7)
+    assert full.shape[:2] == full_size == upright
+    reduced, size = decode_upload(data, 10**7, at_least=(128, 256))
+    assert size == upright  # the maps still come back at the upload's size
+    # The largest reduction whose upright sides still cover 128x256: 1/8 of 1024x2048;
+    # 1/4 of 2048x1024, whose 256 px width allows no more.
+    scale = 4 if orientation == 6 else 8
+    assert reduced.shape[:2] == (upright[0] // scale, upright[1] // scale)
+    assert reduced.shape[0] >= 128 and reduced.shape[1] >= 256
+    png, png_size = decode_upload(encode(stored), 10**7, at_least=(128, 256))
+    assert png.shape[:2] == png_size == (1024, 2048)  # only JPEG scales in the decoder
