@@ -77,6 +77,8 @@ def build_model_card(
             "learned": learned and participates,
         }
     config_json = json.dumps(to_dict(config), sort_keys=True)
+    # σ is the card's task_uncertainty; checkpoints written before it had a field of its
+    # own also kept a copy among the metrics.
     checkpoint_metrics = {k: v for k, v in (state.get("metrics") or {}).items() if k != "sigma"}
     return {
         "schema": CARD_SCHEMA,

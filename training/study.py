@@ -618,7 +618,8 @@ def advance(
     step = int(state["step"])
     if step >= config.steps and state["metrics"] and not (run.run_dir / "metrics.json").is_file():
         # Stopped between the final checkpoint and metrics.json: the checkpoint holds them.
-        (run.run_dir / "metrics.json").write_text(json.dumps(state["metrics"], indent=2))
+        final = {"step": step, "sigma": state["sigma"], **state["metrics"]}
+        (run.run_dir / "metrics.json").write_text(json.dumps(final, indent=2))
     trained = (run.run_dir / "metrics.json").is_file()
     if step and not trained:
         say(f"{run.label}: resuming at step {step}/{config.steps}")
