@@ -88,34 +88,11 @@ class GroupedInstances:
 def measure_instances(instance_map: npt.NDArray[np.uint16], class_of: dict[int, int]) -> tuple[Instance, ...]:
     """Pixel count, bounding box and centroid of every id in ``instance_map`` (uint16 [H, W]).
 
-    The one measurement of instances in the service: at the model's resolution through
-    `GroupedInstances.instances`, or on a resized map, so the numbers always agree with
-    the map they describe. ``class_of`` maps instance id → train id (-1 if absent).
+    `measure_resized` at the map's own size. ``bbox`` is ``(x0, y0, x1, y1)`` in pixel
+    edges, end-exclusive; ``centroid`` is ``(x, y)``, the mean of pixel centres (a
+    pixel's centre is at +0.5). ``class_of`` maps instance id → train id (-1 if absent).
     """
-    ys, xs = np.nonzero(instance_map)
-    if ys.size == 0:
-        return ()
-    ids = instance_map[ys, xs].astype(np.intp)
-    size = int(ids.max()) + 1
-    counts = np.bincount(ids, minlength=size)
-    sum_x = np.bincount(ids, weights=xs, minlength=size)
-    sum_y = np.bincount(ids, weights=ys, minlength=size)
-    bounds = np.zeros((4, size), dtype=np.intp)
-    bounds[0], bounds[1] = np.iinfo(np.intp).max, np.iinfo(np.intp).max
-    np.minimum.at(bounds[0], ids, xs)
-    np.minimum.at(bounds[1], ids, ys)
-    np.maximum.at(bounds[2], ids, xs + 1)
-    np.maximum.at(bounds[3], ids, ys + 1)
-    return tuple(
-        Instance(
-            id=int(i),
-            class_id=class_of.get(int(i), -1),
-            pixel_count=int(counts[i]),
-            bbox=(int(bounds[0, i]), int(bounds[1, i]), int(bounds[2, i]), int(bounds[3, i])),
-            centroid=(float(sum_x[i] / counts[i] + 0.5), float(sum_y[i] / counts[i] + 0.5)),
-        )
-        for i in np.flatnonzero(counts)
-    )
+    return measure_resized(instance_map, class_of, (int(instance_map.shape[0]), int(instance_map.shape[1])))
 
 
 def measure_resized(
