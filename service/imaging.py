@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -23,6 +24,9 @@ _SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 _FILTERS = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST}
 RGBImage = npt.NDArray[np.uint8]
 _EXIF_ORIENTATION = 0x0112
+# Requests run side by side, each in its own thread; OpenCV's own pool would only
+# oversubscribe the cores.
+cv2.setNumThreads(1)
 
 
 def decode_image(data: bytes, max_pixels: int) -> RGBImage:
@@ -131,7 +135,8 @@ def resize_nearest(values: npt.NDArray[Any], size: tuple[int, int]) -> npt.NDArr
         return values
     rows = nearest_sources(height, values.shape[-2])
     cols = nearest_sources(width, values.shape[-1])
-    return values[..., rows[:, None], cols[None, :]]
+    # Two one-axis takes: about 4x faster than one 2-D fancy index at 2048x1024.
+    return np.take(np.take(values, rows, axis=-2), cols, axis=-1)
 
 
 def nearest_sources(size: int, source_size: int) -> npt.NDArray[np.intp]:
@@ -145,9 +150,18 @@ def nearest_sources(size: int, source_size: int) -> npt.NDArray[np.intp]:
 
 
 def resize_bilinear(values: npt.NDArray[np.float32], size: tuple[int, int]) -> npt.NDArray[np.float32]:
-    """Bilinear resize of float32 ``[h, w]`` to ``[H, W]`` (antialiased when shrinking)."""
+    """Bilinear resize of float32 ``[h, w]`` to ``[H, W]`` (antialiased when shrinking).
+
+    Enlarging, the usual case (maps go back to the upload's size), runs in OpenCV: the
+    same values as Pillow's to about 1e-7, 25 times faster at 2048x1024
+    (docs/benchmarks.md). Shrinking stays with Pillow, whose filter widens to
+    antialias where OpenCV's bilinear would skip pixels.
+    """
     height, width = size
     if values.shape == (height, width):
         return values
+    if height >= values.shape[0] and width >= values.shape[1]:
+        enlarged = cv2.resize(np.ascontiguousarray(values, dtype=np.float32), (width, height))
+        return np.asarray(enlarged, dtype=np.float32)
     image = Image.fromarray(np.ascontiguousarray(values, dtype=np.float32), mode="F")
     return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)

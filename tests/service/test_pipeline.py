@@ -115,6 +115,16 @@ def test_bilinear_resize_interpolates() -> None:
     assert up.dtype == np.float32 and np.all(np.diff(up[0]) >= 0) and 0 < up[0, 1] < 1
 
 
+@pytest.mark.parametrize("size", [(128, 256), (97, 301), (20, 300), (10, 20)])
+def test_bilinear_resize_gives_pillows_values_up_and_down(size: tuple[int, int]) -> None:
+    """Enlarging goes through OpenCV, shrinking through Pillow; both agree with Pillow."""
+    values = np.random.default_rng(1).random((32, 48)).astype(np.float32)
+    pillow = Image.fromarray(values, mode="F").resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    got = resize_bilinear(values, size)
+    assert got.shape == size and got.dtype == np.float32
+    np.testing.assert_allclose(got, np.asarray(pillow), atol=1e-5)
+
+
 def test_instances_are_measured_on_the_map() -> None:
     instance_map = np.zeros((10, 10), dtype=np.uint16)
     instance_map[2:4, 3:7] = 13001  # 2 rows × 4 columns
