@@ -40,9 +40,10 @@ def system_tool() -> Callable[[str, str], str]:
 
 
 REPO = Path(__file__).resolve().parents[1]
-# Training at 32x64 costs about a third of configs/smoke.yaml's 64x128 and runs the same
-# model, losses and bookkeeping, so the tests that train use it.
-SMALL_TRAINING = ("data.height=32", "data.width=64")
+# Training at 32x64 (and validating on 2 scenes rather than 4) costs about a third of
+# configs/smoke.yaml and runs the same model, losses and bookkeeping, so the tests that
+# train use it.
+SMALL_TRAINING = ("data.height=32", "data.width=64", "data.val_count=2")
 
 
 @pytest.fixture(scope="session")

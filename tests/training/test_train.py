@@ -16,7 +16,7 @@ from training.train import LOG_COLUMNS, main, setup_placement
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "smoke.yaml"
 # As tests/conftest.py's SMALL_TRAINING: a third of the smoke config's cost, the same code paths.
-SMALL = ("data.height=32", "data.width=64")
+SMALL = ("data.height=32", "data.width=64", "data.val_count=2")
 
 
 def read_log(run_dir: Path) -> list[dict[str, float]]:
