@@ -1,4 +1,5 @@
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,39 +21,67 @@ from scene_contract.model import (
 )
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.data.procedural import ProceduralScenes
-from training.train import main as train_main
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run_dir = tmp_path_factory.mktemp("run")
-    assert train_main(["--config", str(REPO / "configs/smoke.yaml"), f"run_dir={run_dir}", "steps=3"]) == 0
-    return run_dir / "last.pt"
+def checkpoint(smoke_run: Path) -> Path:
+    """The session's smoke run (tests/conftest.py), trained at 32x64."""
+    return smoke_run / "last.pt"
+
+
+# The name the exporter gives the semantic head's last bias in the graph.
+SEMANTIC_BIAS = "model.semantic_head.3.bias"
 
 
 @pytest.fixture(scope="module")
 def exported(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The checkpoint exported by the CLI with every variant; a copy of the bare trace it
+    made (before the card and the variants) is kept as ``trace.onnx`` beside it."""
     out = tmp_path_factory.mktemp("export") / "model.onnx"
-    code = cli.main(
-        [
-            "--checkpoint",
-            str(checkpoint),
-            "--out",
-            str(out),
-            "--fp16",
-            "--int8",
-            "--calibration-count",
-            "8",
-            "--name",
-            "smoke",
-            "--version",
-            "7",
-        ]
-    )
+    real_export = cli.export_fp32
+
+    def keep_the_trace(model: torch.nn.Module, path: Path, height: int, width: int) -> None:
+        real_export(model, path, height, width)
+        shutil.copyfile(path, out.with_name("trace.onnx"))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cli, "export_fp32", keep_the_trace)
+        code = cli.main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--out",
+                str(out),
+                "--fp16",
+                "--int8",
+                "--calibration-count",
+                "8",
+                "--name",
+                "smoke",
+                "--version",
+                "7",
+            ]
+        )
     assert code == 0
     return out
+
+
+@pytest.fixture
+def reuse_the_trace(exported: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Makes the CLI's tracing step (most of an export's CPU time) copy the trace of the same
+    checkpoint that ``exported`` made, rather than trace it again; returns that trace.
+
+    Tracing is deterministic, and what these tests check comes after it: reading the
+    checkpoint, storing weights, writing the card, verifying against the loaded model.
+    """
+    trace = exported.with_name("trace.onnx")
+
+    def copy_the_trace(model: torch.nn.Module, path: Path, height: int, width: int) -> None:
+        assert (height, width) == (32, 64)  # the size the trace was made at
+        shutil.copyfile(trace, path)
+
+    monkeypatch.setattr(cli, "export_fp32", copy_the_trace)
+    return trace
 
 
 def test_exported_model_passes_the_checker_and_loads_in_onnxruntime(exported: Path) -> None:
@@ -72,7 +101,7 @@ def test_model_card_round_trips_through_the_metadata(exported: Path, checkpoint:
 
     state = load_checkpoint(checkpoint)
     assert (parsed.name, parsed.version, parsed.precision) == ("smoke", "7", "fp32")
-    assert (parsed.input_height, parsed.input_width) == (64, 128)
+    assert (parsed.input_height, parsed.input_width) == (32, 64)  # the checkpoint's training size
     assert len(parsed.classes) == 19 and parsed.thing_ids == (11, 12, 13, 14, 15, 16, 17, 18)
     assert parsed.classes[13].name == "car" and parsed.classes[13].color == (0, 0, 142)
     for task, sigma in state["sigma"].items():
@@ -89,7 +118,7 @@ def test_model_card_round_trips_through_the_metadata(exported: Path, checkpoint:
     assert json.loads(plain[METADATA_KEY]) == card
 
 
-@pytest.mark.parametrize(("batch", "height", "width"), [(1, 64, 128), (3, 96, 160)])
+@pytest.mark.parametrize(("batch", "height", "width"), [(1, 32, 64), (3, 96, 160)])
 def test_dynamic_batch_and_size_match_pytorch(
     exported: Path, checkpoint: Path, batch: int, height: int, width: int
 ) -> None:
@@ -124,14 +153,14 @@ def test_export_writes_unseen_sample_scenes_for_the_demo(exported: Path) -> None
     samples = sorted((exported.parent / SAMPLES_DIR).glob("*.png"))
     assert [p.name for p in samples] == [f"{i:03d}.png" for i in range(8)]
     images = [np.asarray(Image.open(p)) for p in samples]
-    assert all(image.shape == (64, 128, 3) for image in images)  # the model's input size
+    assert all(image.shape == (32, 64, 3) for image in images)  # the model's input size
     assert len({image.tobytes() for image in images}) == 8  # eight different scenes
-    test_scene = ProceduralScenes(split="test", seed=0, count=8, height=64, width=128)[5]
+    test_scene = ProceduralScenes(split="test", seed=0, count=8, height=32, width=64)[5]
     np.testing.assert_array_equal(images[5], test_scene.image)  # from the split never trained on
 
 
 def test_fp16_weights_halve_the_file_and_keep_float32_compute(
-    exported: Path, checkpoint: Path, tmp_path: Path
+    exported: Path, checkpoint: Path, tmp_path: Path, reuse_the_trace: Path
 ) -> None:
     out = tmp_path / "compact.onnx"
     assert cli.main(["--checkpoint", str(checkpoint), "--out", str(out), "--fp16-weights"]) == 0
@@ -162,15 +191,19 @@ def test_verification_catches_a_mismatched_model(exported: Path, checkpoint: Pat
 
 
 def test_export_that_fails_verification_leaves_no_model_behind(
-    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    checkpoint: Path,
+    tmp_path: Path,
+    reuse_the_trace: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    real_export = cli.export_fp32
-
     def export_a_different_model(model: torch.nn.Module, path: Path, height: int, width: int) -> None:
-        other, _ = model_from_checkpoint(checkpoint)
-        with torch.no_grad():
-            other.semantic_head[3].bias[5] += 50.0  # every pixel becomes class 5
-        real_export(other, path, height, width)
+        other = onnx.load(str(reuse_the_trace))
+        bias = next(tensor for tensor in other.graph.initializer if tensor.name == SEMANTIC_BIAS)
+        values = onnx.numpy_helper.to_array(bias).copy()
+        values[5] += 50.0  # every pixel becomes class 5
+        bias.CopyFrom(onnx.numpy_helper.from_array(values, SEMANTIC_BIAS))
+        onnx.save(other, str(path))
 
     monkeypatch.setattr(cli, "export_fp32", export_a_different_model)
     out = tmp_path / "model.onnx"
@@ -203,7 +236,9 @@ def test_missing_truncated_and_foreign_checkpoints_give_one_clear_error(
         assert err.startswith("scene-export: error:") and message in err and "Traceback" not in err
 
 
-def test_a_checkpoint_reads_where_its_backbone_file_is_missing(checkpoint: Path, tmp_path: Path) -> None:
+def test_a_checkpoint_reads_where_its_backbone_file_is_missing(
+    checkpoint: Path, tmp_path: Path, reuse_the_trace: Path
+) -> None:
     # Trained from a local weights file (model.backbone_weights), then copied elsewhere.
     state = torch.load(checkpoint, weights_only=True)
     state["config"]["model"]["backbone_weights"] = str(tmp_path / "gone" / "resnet101.pth")

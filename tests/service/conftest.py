@@ -311,7 +311,7 @@ def _running_server(
         server.wait(timeout=15)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def running_server() -> Callable[..., AbstractContextManager[str]]:
     """``with running_server(model, log, *args, env=None) as base_url``: a real
     ``scene-serve`` process on a free loopback port, ready, stopped afterwards."""

@@ -97,23 +97,28 @@ def browser(system_tool: Callable[[str, str], str]) -> Iterator[Browser]:
         launched.close()
 
 
-@pytest.fixture
-def demo(
-    browser: Browser,
+@pytest.fixture(scope="module")
+def server(
     model_path: Path,
-    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
     running_server: Callable[..., AbstractContextManager[str]],
-) -> Iterator[Page]:
-    """The demo page of a real server, loaded in Chromium, with the model card read."""
-    with running_server(model_path, tmp_path / "server.log") as base:
-        page = browser.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(base + "/")
-        expect(page.locator("#model-line")).to_contain_text("tiny-test 0.0.1", timeout=WAIT_MS)
-        yield page
-        page.close()
-        assert not errors, f"JavaScript errors on the page: {errors}"
+) -> Iterator[str]:
+    """One real server for the module's pages (each test loads its own page); its base URL."""
+    with running_server(model_path, tmp_path_factory.mktemp("demo") / "server.log") as base:
+        yield base
+
+
+@pytest.fixture
+def demo(browser: Browser, server: str) -> Iterator[Page]:
+    """The demo page of a real server, freshly loaded in Chromium, with the model card read."""
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(server + "/")
+    expect(page.locator("#model-line")).to_contain_text("tiny-test 0.0.1", timeout=WAIT_MS)
+    yield page
+    page.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
 
 
 def sigma_cells(page: Page) -> list[list[str]]:

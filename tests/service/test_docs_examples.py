@@ -7,7 +7,7 @@ import ast
 import re
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -38,24 +38,30 @@ def test_the_client_example_needs_only_the_serve_environment(document: Path) -> 
     assert imported - sys.stdlib_module_names <= SERVE_IMPORTS
 
 
+@pytest.fixture(scope="module")
+def server(
+    model_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    running_server: Callable[..., AbstractContextManager[str]],
+) -> Iterator[str]:
+    """One real server that every document's example talks to; its base URL."""
+    with running_server(model_path, tmp_path_factory.mktemp("server") / "server.log") as base:
+        yield base
+
+
 @pytest.mark.parametrize("document", DOCUMENTS, ids=lambda path: path.name)
 def test_the_client_example_runs_against_a_server(
-    document: Path,
-    model_path: Path,
-    scene_png: bytes,
-    tmp_path: Path,
-    running_server: Callable[..., AbstractContextManager[str]],
+    document: Path, server: str, scene_png: bytes, tmp_path: Path
 ) -> None:
     example = client_example(document)
     assert EXAMPLE_URL in example
     (tmp_path / "street.png").write_bytes(scene_png)
-    with running_server(model_path, tmp_path / "server.log") as base:
-        result = subprocess.run(
-            [sys.executable, "-c", example.replace(EXAMPLE_URL, base)],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+    result = subprocess.run(
+        [sys.executable, "-c", example.replace(EXAMPLE_URL, server)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert "car" in result.stdout  # the scene's one instance

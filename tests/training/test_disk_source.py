@@ -23,16 +23,16 @@ def disk_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("scenes")
     for split, count in (("train", 6), ("val", 2)):
         args = ["render", "--out", str(root / split), "--split", split, "--count", str(count)]
-        assert scene_data([*args, "--seed", "3", "--height", "64", "--width", "128"]) == 0
+        assert scene_data([*args, "--seed", "3", "--height", "32", "--width", "64"]) == 0
     return root
 
 
 def test_disk_source_reads_back_the_rendered_scenes_of_each_split(disk_root: Path) -> None:
-    config = DataConfig(source="disk", disk_root=str(disk_root), height=64, width=128, seed=3)
+    config = DataConfig(source="disk", disk_root=str(disk_root), height=32, width=64, seed=3)
     for split, count in (("train", 6), ("val", 2)):
         scenes = build_scenes(config, split)
         assert len(scenes) == count
-        rendered = ProceduralScenes(split=split, seed=3, count=count, height=64, width=128)
+        rendered = ProceduralScenes(split=split, seed=3, count=count, height=32, width=64)
         for index in (0, count - 1):
             np.testing.assert_array_equal(scenes[index].image, rendered[index].image)
             np.testing.assert_array_equal(scenes[index].depth, rendered[index].depth)
@@ -40,7 +40,7 @@ def test_disk_source_reads_back_the_rendered_scenes_of_each_split(disk_root: Pat
 
 def test_disk_scenes_of_another_size_are_refused(disk_root: Path) -> None:
     config = DataConfig(source="disk", disk_root=str(disk_root), height=128, width=256)
-    with pytest.raises(DataConfigError, match=r"64x128 scenes, the training size is 128x256"):
+    with pytest.raises(DataConfigError, match=r"32x64 scenes, the training size is 128x256"):
         build_scenes(config, "train")
 
 
@@ -58,6 +58,8 @@ def test_scene_train_trains_from_a_disk_folder(disk_root: Path, tmp_path: Path) 
             f"run_dir={run_dir}",
             "data.source=disk",
             f"data.disk_root={disk_root}",
+            "data.height=32",  # the rendered scenes' size
+            "data.width=64",
             "steps=2",
         ]
     )

@@ -9,16 +9,12 @@ from PIL import Image
 from training.checkpoint import CheckpointError, load_checkpoint
 from training.data.classes import CLASSES
 from training.evaluate import main as eval_main
-from training.train import main as train_main
-
-REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run_dir = tmp_path_factory.mktemp("run")
-    assert train_main(["--config", str(REPO / "configs/smoke.yaml"), f"run_dir={run_dir}", "steps=2"]) == 0
-    return run_dir / "last.pt"
+@pytest.fixture
+def checkpoint(smoke_run: Path) -> Path:
+    """The session's smoke run (tests/conftest.py), trained at 32x64."""
+    return smoke_run / "last.pt"
 
 
 def test_trivial_baselines_predict_constants_learned_from_training_scenes(tmp_path: Path) -> None:
@@ -45,7 +41,8 @@ def test_trivial_baselines_predict_constants_learned_from_training_scenes(tmp_pa
 
 def test_scene_eval_writes_metrics_and_a_prediction_grid(checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval.json"
-    assert eval_main(["--checkpoint", str(checkpoint), "--count", "3", "--seed", "5", "--out", str(out)]) == 0
+    args = ["--checkpoint", str(checkpoint), "--count", "3", "--seed", "5", "--out", str(out)]
+    assert eval_main([*args, "--baseline-scenes", "8"]) == 0
     report = json.loads(out.read_text())
     for key in (
         "semantic_miou",
@@ -61,22 +58,21 @@ def test_scene_eval_writes_metrics_and_a_prediction_grid(checkpoint: Path, tmp_p
         "split": "test",
         "seed": 5,
         "count": 3,
-        "height": 64,
-        "width": 128,
+        "height": 32,  # the checkpoint's training size
+        "width": 64,
     }
     assert set(report["sigma"]) == {"semantic", "instance", "depth"}
     assert report["baselines"]["majority_class"] in {c.name for c in CLASSES}
     assert report["baselines"]["semantic_miou"] < 40
     with Image.open(out.with_suffix(".png")) as grid:
-        assert grid.width == 7 * 128 + 6 * 2  # image + three truth/prediction pairs
+        assert grid.width == 7 * 64 + 6 * 2  # image + three truth/prediction pairs
 
 
 def test_evaluation_is_repeatable(checkpoint: Path, tmp_path: Path) -> None:
     reports = []
     for name in ("a.json", "b.json"):
-        assert (
-            eval_main(["--checkpoint", str(checkpoint), "--count", "2", "--out", str(tmp_path / name)]) == 0
-        )
+        args = ["--checkpoint", str(checkpoint), "--count", "2", "--out", str(tmp_path / name)]
+        assert eval_main([*args, "--baseline-scenes", "0"]) == 0  # the model's figures, not the baselines
         reports.append(json.loads((tmp_path / name).read_text()))
     assert reports[0]["semantic_miou"] == reports[1]["semantic_miou"]
 
@@ -178,4 +174,4 @@ def test_scene_eval_reports_camvid_beside_procedural_metrics(
     assert 0 <= camvid["camvid_miou"] <= 100
     assert len(camvid["camvid_iou_per_class"]) == 11
     with Image.open(grid) as picture:
-        assert picture.width == 3 * 128 + 2 * 2  # classes, instance offsets, depth; no CamVid pixels
+        assert picture.width == 3 * 64 + 2 * 2  # classes, instance offsets, depth; no CamVid pixels

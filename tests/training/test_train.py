@@ -15,6 +15,8 @@ from training.train import LOG_COLUMNS, main, setup_placement
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "smoke.yaml"
+# As tests/conftest.py's SMALL_TRAINING: a third of the smoke config's cost, the same code paths.
+SMALL = ("data.height=32", "data.width=64", "data.val_count=2")
 
 
 def read_log(run_dir: Path) -> list[dict[str, float]]:
@@ -23,14 +25,8 @@ def read_log(run_dir: Path) -> list[dict[str, float]]:
 
 
 def train(run_dir: Path, *overrides: str) -> int:
-    return main(["--config", str(SMOKE), f"run_dir={run_dir}", *overrides])
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run_dir = tmp_path_factory.mktemp("smoke")
-    assert train(run_dir) == 0
-    return run_dir
+    """configs/smoke.yaml at 32x64 with ``overrides``; ``smoke_run`` (tests/conftest.py) is its plain run."""
+    return main(["--config", str(SMOKE), f"run_dir={run_dir}", *SMALL, *overrides])
 
 
 def test_smoke_run_writes_log_metrics_checkpoint_and_sigma_plot(smoke_run: Path) -> None:
@@ -90,9 +86,8 @@ def test_a_small_model_overfits_a_handful_of_scenes(tmp_path: Path) -> None:
         assert end < 0.5 * start, f"{task}: {start:.3f} -> {end:.3f}"
 
 
-def test_resuming_continues_the_same_run(tmp_path: Path) -> None:
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert train(straight, "keep_checkpoints=true") == 0
+def test_resuming_continues_the_same_run(smoke_run: Path, tmp_path: Path) -> None:
+    straight, resumed = smoke_run, tmp_path / "resumed"  # the straight run kept its checkpoints
     halfway = straight / "step_0000003.pt"
     assert train(resumed, f"resume={halfway}", "keep_checkpoints=true") == 0
     a = load_checkpoint(straight / "last.pt")
@@ -103,9 +98,8 @@ def test_resuming_continues_the_same_run(tmp_path: Path) -> None:
     assert [int(r["step"]) for r in read_log(resumed)] == [4, 5, 6]
 
 
-def test_stop_at_splits_a_run_without_changing_it(tmp_path: Path) -> None:
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    assert train(straight) == 0
+def test_stop_at_splits_a_run_without_changing_it(smoke_run: Path, tmp_path: Path) -> None:
+    straight, split = smoke_run, tmp_path / "split"
     assert train(split, "stop_at=4") == 0
     assert load_checkpoint(split / "last.pt")["step"] == 4
     assert not (split / "metrics.json").exists()  # no final evaluation until the end
@@ -214,6 +208,7 @@ def test_ddp_with_two_cpu_processes(tmp_path: Path) -> None:
             "--config",
             str(SMOKE),
             f"run_dir={tmp_path}",
+            *SMALL,
             "steps=4",
             "checkpoint_every=2",
         ],
@@ -237,18 +232,17 @@ def test_resuming_in_the_same_directory_logs_each_step_once(tmp_path: Path) -> N
 
 
 def test_resuming_with_a_different_model_says_what_does_not_fit(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    smoke_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert train(tmp_path / "a", "steps=3") == 0
-    code = train(tmp_path / "b", f"resume={tmp_path / 'a' / 'last.pt'}", "model.aspp_channels=16", "steps=6")
+    halfway = smoke_run / "step_0000003.pt"
+    code = train(tmp_path / "b", f"resume={halfway}", "model.aspp_channels=16", "steps=6")
     err = capsys.readouterr().err
     assert code == 2
     assert "does not fit this config" in err and "Traceback" not in err
 
 
-def test_resume_uses_the_optimizer_settings_given_now(tmp_path: Path) -> None:
-    assert train(tmp_path / "a", "keep_checkpoints=true") == 0
-    assert train(tmp_path / "b", f"resume={tmp_path / 'a' / 'step_0000003.pt'}", "optim.lr=0.002") == 0
+def test_resume_uses_the_optimizer_settings_given_now(smoke_run: Path, tmp_path: Path) -> None:
+    assert train(tmp_path / "b", f"resume={smoke_run / 'step_0000003.pt'}", "optim.lr=0.002") == 0
     first_resumed = read_log(tmp_path / "b")[0]
     assert first_resumed["lr"] == pytest.approx(0.002 * (1 - 3 / 6) ** 0.9)
 
