@@ -159,8 +159,11 @@ class ModelRuntime:
         cores = os.cpu_count() or 1
         if cpu_only and not settings.intra_op_threads and threads < cores:
             # Spinning threads are what make a second thread pay (15.4 ms against 11.5 ms
-            # at 128x256 in docs/benchmarks.md); this session runs only when nothing else does.
-            lone_session, _ = open_model(settings.model_path, providers, cores, allow_spinning=True)
+            # at 128x256 in docs/benchmarks.md); this session runs only when nothing else
+            # does, and its threads stop spinning when the run returns.
+            lone_session, _ = open_model(
+                settings.model_path, providers, cores, allow_spinning=True, spin_only_in_runs=True
+            )
         runtime = cls(session, card, lone_session=lone_session)
         if runtime.provider != providers[0]:
             logger.warning("preferred %s is unavailable here; running on %s", providers[0], runtime.provider)
@@ -252,7 +255,11 @@ class ModelRuntime:
 
 
 def open_model(
-    path: Path, providers: list[str], intra_op_threads: int = 0, allow_spinning: bool = True
+    path: Path,
+    providers: list[str],
+    intra_op_threads: int = 0,
+    allow_spinning: bool = True,
+    spin_only_in_runs: bool = False,
 ) -> tuple[ort.InferenceSession, ModelCard]:
     """An ORT session on ``path`` and its model card, checked against the contract.
 
@@ -265,6 +272,10 @@ def open_model(
     options.intra_op_num_threads = intra_op_threads
     if not allow_spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if spin_only_in_runs:
+        # Threads spin between a run's operators but stop the moment the run returns,
+        # instead of spinning on after it (on a core the request's encoding needs).
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
