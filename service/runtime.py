@@ -158,9 +158,10 @@ class ModelRuntime:
         lone_session = None
         cores = os.cpu_count() or 1
         if cpu_only and not settings.intra_op_threads and threads < cores:
-            # Spinning threads are what make a second thread pay (15.4 ms against 11.5 ms
-            # at 128x256 in docs/benchmarks.md); this session runs only when nothing else
-            # does, and its threads stop spinning when the run returns.
+            # Spinning threads are what make a second thread pay (13.7 ms a run against
+            # 17.5 ms without, 21.4 ms on one thread; bench/ort_threads.py); this session
+            # runs only when nothing else does, and its threads stop spinning when the run
+            # returns.
             lone_session, _ = open_model(
                 settings.model_path, providers, cores, allow_spinning=True, spin_only_in_runs=True
             )
