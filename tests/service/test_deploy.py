@@ -14,6 +14,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -235,13 +236,19 @@ async def test_dashboard_queries_use_only_exported_metrics(
 
 @pytest.fixture(scope="module")
 def serve_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh virtual environment with only the serve extra, as the image builds it."""
+    """A fresh virtual environment with only the serve extra and only the packages the
+    image copies (scene_contract/ and service/), as the image builds it."""
     root = tmp_path_factory.mktemp("serve-venv")
+    source = tmp_path_factory.mktemp("serve-src")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for package in ("scene_contract", "service"):
+        shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
     venv.create(root, with_pip=True)
     pip = root / "bin" / "pip"
     # Without compiling every installed module to bytecode up front (about a third of the
     # install's time); Python compiles what the server imports when it imports it.
-    command = [str(pip), "install", "--quiet", "--no-compile", f"{ROOT}[serve]"]
+    command = [str(pip), "install", "--quiet", "--no-compile", f"{source}[serve]"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     return root
@@ -329,6 +336,10 @@ def test_the_image_command_is_scraped_by_prometheus(
     scene_png: bytes,
     tmp_path: Path,
 ) -> None:
+    # The image's environment holds the service and its contract, not training or torch.
+    for absent in ("training", "model_export", "torch"):
+        probe = [str(serve_venv / "bin" / "python"), "-c", f"import {absent}"]
+        assert subprocess.run(probe, capture_output=True, cwd=tmp_path, timeout=60).returncode != 0, absent
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith(("SCENE_", "PROMETHEUS_"))}
     env |= image_environment(DOCKER / "Dockerfile")
