@@ -311,6 +311,17 @@ def _running_server(
         server.wait(timeout=15)
 
 
+@pytest.fixture(scope="module")
+def server(
+    model_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    running_server: Callable[..., AbstractContextManager[str]],
+) -> Iterator[str]:
+    """One real ``scene-serve`` on the tiny model, shared by a module's tests; its base URL."""
+    with running_server(model_path, tmp_path_factory.mktemp("server") / "server.log") as base:
+        yield base
+
+
 @pytest.fixture(scope="session")
 def running_server() -> Callable[..., AbstractContextManager[str]]:
     """``with running_server(model, log, *args, env=None) as base_url``: a real

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterator
-from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import httpx
@@ -95,17 +95,6 @@ def browser(system_tool: Callable[[str, str], str]) -> Iterator[Browser]:
         launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
         yield launched
         launched.close()
-
-
-@pytest.fixture(scope="module")
-def server(
-    model_path: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-    running_server: Callable[..., AbstractContextManager[str]],
-) -> Iterator[str]:
-    """One real server for the module's pages (each test loads its own page); its base URL."""
-    with running_server(model_path, tmp_path_factory.mktemp("demo") / "server.log") as base:
-        yield base
 
 
 @pytest.fixture

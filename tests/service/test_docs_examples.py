@@ -7,8 +7,6 @@ import ast
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -36,17 +34,6 @@ def test_the_client_example_needs_only_the_serve_environment(document: Path) -> 
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
     assert imported - sys.stdlib_module_names <= SERVE_IMPORTS
-
-
-@pytest.fixture(scope="module")
-def server(
-    model_path: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-    running_server: Callable[..., AbstractContextManager[str]],
-) -> Iterator[str]:
-    """One real server that every document's example talks to; its base URL."""
-    with running_server(model_path, tmp_path_factory.mktemp("server") / "server.log") as base:
-        yield base
 
 
 @pytest.mark.parametrize("document", DOCUMENTS, ids=lambda path: path.name)
