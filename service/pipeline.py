@@ -133,11 +133,8 @@ class Pipeline:
             grouped = group_instances(
                 semantic, offsets, self.runtime.card.thing_ids, method=self.settings.instance_method
             )
-            if grouped.instance_map.shape == size:
-                instance_map, instances = grouped.instance_map, grouped.instances
-            else:
-                instance_map = resize_nearest(grouped.instance_map, size)
-                instances = measure_resized(grouped.instance_map, grouped.class_of, size)
+            instance_map = resize_nearest(grouped.instance_map, size)
+            instances = measure_resized(grouped.instance_map, grouped.class_of, size)
         if RequestedOutput.instances in want:
             scale_y, scale_x = size[0] / semantic.shape[0], size[1] / semantic.shape[1]
             instance_offsets = np.stack(
