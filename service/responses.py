@@ -52,9 +52,8 @@ class ResponseEncoder:
             return self.npz(prediction), NPZ_MEDIA_TYPE
         # Serialised here, in the worker thread: FastAPI would otherwise re-validate the
         # response and encode it on the event loop.
-        return self.json(prediction, options, started).model_dump_json(
-            by_alias=True
-        ).encode(), JSON_MEDIA_TYPE
+        body = self.json(prediction, options, started).model_dump_json(by_alias=True)
+        return body.encode(), JSON_MEDIA_TYPE
 
     def json(self, prediction: Prediction, options: PredictOptions, started: float) -> PredictResponse:
         """The JSON body: PNGs as base64, class and instance tables, timings."""
