@@ -51,7 +51,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from bench.service_latency import free_port
+from bench.service_latency import free_port, server_process
 from scene_contract.model import INPUT_NAME
 from training.data.procedural import ProceduralScenes
 
@@ -152,33 +152,16 @@ def server(
         environment |= {"NAIVE_MODEL": str(model.resolve()), "NAIVE_PROVIDERS": providers}
         command = [sys.executable, "-m", "uvicorn", "bench.naive_server:app", "--port", str(port)]
         ready_path = "/openapi.json"
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(
-            [*command, "--host", "127.0.0.1", "--log-level", "warning"],
-            env=environment,
-            cwd=checkout,
-            stdout=log,
-            stderr=log,
-        )
-        base = f"http://127.0.0.1:{port}"
+    command = [*command, "--host", "127.0.0.1", "--log-level", "warning"]
+    base = f"http://127.0.0.1:{port}"
+    with server_process(
+        command, environment, port, name=name, ready_path=ready_path, cwd=checkout
+    ) as process:
+        _PIDS[base] = process.pid
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    raise RuntimeError(f"{name} did not become ready:\n{log.read().decode()}")
-                try:
-                    if httpx.get(base + ready_path, timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
-            _PIDS[base] = process.pid
             yield base
         finally:
             _PIDS.pop(base, None)
-            process.terminate()
-            process.wait(timeout=30)
 
 
 _PIDS: dict[str, int] = {}

@@ -24,7 +24,6 @@ import io
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -34,7 +33,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from bench.service_latency import free_port
+from bench.service_latency import free_port, server_process
 
 MIB = 2**20
 
@@ -107,23 +106,8 @@ def measure(model: Path, sizes: list[str], clients: list[int], requests: int) ->
         "SCENE_REQUEST_TIMEOUT_S": "600",
     }
     command = [sys.executable, "-m", "service.cli", "--model", str(model), "--host", "127.0.0.1"]
-    server = subprocess.Popen(
-        [*command, "--port", str(port), "--log-level", "warning"], env=env, stderr=subprocess.PIPE
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if server.poll() is not None:
-                output = server.stderr.read().decode() if server.stderr else ""
-                raise RuntimeError(f"scene-serve exited: {output}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("scene-serve never became ready")
-            time.sleep(0.2)
+    command += ["--port", str(port), "--log-level", "warning"]
+    with server_process(command, env, port, timeout_s=60) as server:
         peaks = []
         for size in sizes:
             height, width = (int(side) for side in size.split("x"))
@@ -139,9 +123,6 @@ def measure(model: Path, sizes: list[str], clients: list[int], requests: int) ->
                 peaks.append(Peak(size, count, ok, round(baseline, 1), round(peak, 1), round(per_request, 1)))
                 print(peaks[-1], file=sys.stderr, flush=True)
         return peaks
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def main(argv: list[str] | None = None) -> int:

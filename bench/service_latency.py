@@ -103,6 +103,43 @@ def free_port() -> int:
 
 
 @contextmanager
+def server_process(
+    command: list[str],
+    env: dict[str, str],
+    port: int,
+    *,
+    name: str = "scene-serve",
+    ready_path: str = "/readyz",
+    cwd: Path | None = None,
+    timeout_s: float = 120,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``command``, a server listening on 127.0.0.1:``port``, with its output in a
+    temporary log; yield the process once ``ready_path`` answers 200; terminate it on exit.
+
+    Raises `RuntimeError` with the server's log if it exits or is not ready within
+    ``timeout_s``.
+    """
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=log)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise RuntimeError(f"{name} did not become ready:\n{log.read().decode()}")
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+            yield process
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+@contextmanager
 def server(model: Path, threads: int, batching: bool) -> Iterator[str]:
     """A ``scene-serve`` process on a free loopback port, ready; stopped on exit."""
     port = free_port()
@@ -111,25 +148,8 @@ def server(model: Path, threads: int, batching: bool) -> Iterator[str]:
     if batching:
         env |= {"SCENE_MAX_BATCH_SIZE": "8", "SCENE_INFERENCE_STREAMS": "1"}
     command = [sys.executable, "-m", "service.cli", "--model", str(model), "--port", str(port)]
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen([*command, "--log-level", "warning"], env=env, stdout=log, stderr=log)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    raise RuntimeError(f"scene-serve did not become ready:\n{log.read().decode()}")
-                try:
-                    if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
-            yield base
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+    with server_process([*command, "--log-level", "warning"], env, port):
+        yield f"http://127.0.0.1:{port}"
 
 
 async def run_load(

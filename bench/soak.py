@@ -37,9 +37,7 @@ import os
 import random
 import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -50,7 +48,7 @@ from pathlib import Path
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.service_latency import free_port
+from bench.service_latency import free_port, server_process
 from training.data.procedural import ProceduralScenes
 
 KINDS: dict[str, float] = {
@@ -227,30 +225,8 @@ def server(model: Path, threads: int) -> Iterator[tuple[int, int]]:
         "SCENE_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
     }
     command = [sys.executable, "-m", "service.cli", "--model", str(model), "--host", "127.0.0.1"]
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(
-            [*command, "--port", str(port), "--log-level", "warning"], env=env, stdout=log, stderr=log
-        )
-        try:
-            deadline = time.monotonic() + 120
-            while not ready(port):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    raise RuntimeError(f"scene-serve did not become ready:\n{log.read().decode()}")
-                time.sleep(0.2)
-            yield port, process.pid
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
-
-
-def ready(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as connection:
-            connection.sendall(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            return connection.recv(64).startswith(b"HTTP/1.1 200")
-    except OSError:
-        return False
+    with server_process([*command, "--port", str(port), "--log-level", "warning"], env, port) as process:
+        yield port, process.pid
 
 
 def error_counts(port: int) -> dict[str, float]:
