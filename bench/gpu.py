@@ -2,11 +2,13 @@
 
     python -m bench.gpu --out results.json [--deadline-s 420]
     python -m bench.gpu --out results.json --dry-run     # on the CPU, tiny, to check the script works
+    python -m bench.gpu --out results.json --model my/model.onnx   # your own scene-export file
 
 1. Environment: onnxruntime's version and available providers, torch if present.
 2. Models: a freshly built `configs/default.yaml` model (weights do not change the
    timings) exported with `model_export.export` to fp32 and converted to fp16; without
    torch, the bundled ``models/default/model.onnx`` as the fp32 file (fp16 skipped).
+   ``--model FILE`` measures that file instead, with an fp16 copy made from it.
 3. Model benchmark: for each provider (CUDA, TensorRT; TensorRT's fp16 is its own
    ``trt_fp16_enable`` on the fp32 file) and precision, batch 1, 8 and 32 at 128x256
    and 512x1024, through IO binding with input and outputs on the device (copies
@@ -83,10 +85,19 @@ def environment() -> dict[str, Any]:
     return info
 
 
-def export_models(folder: Path, dry_run: bool) -> dict[str, Path]:
-    """fp32 and fp16 files of a freshly built default-config model (smoke config for a dry run)."""
-    if importlib.util.find_spec("torch") is None:
-        return {"fp32": REPO / "models/default/model.onnx"}
+def export_models(folder: Path, dry_run: bool, model: Path | None = None) -> dict[str, Path]:
+    """fp32 and fp16 files: ``model`` and an fp16 copy of it when given, else a freshly built
+    default-config model (smoke config for a dry run); without torch, ``model`` or the
+    bundled model alone (fp16 skipped)."""
+    have_torch = importlib.util.find_spec("torch") is not None
+    if model is not None or not have_torch:
+        paths = {"fp32": model or REPO / "models/default/model.onnx"}
+        if have_torch:
+            from model_export.export import convert_fp16
+
+            paths["fp16"] = folder / "model.fp16.onnx"
+            convert_fp16(paths["fp32"], paths["fp16"])
+        return paths
     import torch
 
     from model_export.export import convert_fp16, export_fp32
@@ -211,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="results file (JSON)")
     parser.add_argument("--deadline-s", type=float, default=420, help="stop starting new steps after this")
     parser.add_argument("--dry-run", action="store_true", help="CPU provider, tiny sizes")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="a scene-export fp32 file to measure (its fp16 copy is made here) instead of a fresh export",
+    )
     args = parser.parse_args(argv)
     clock = Clock(args.deadline_s)
     results: dict[str, Any] = {"dry_run": args.dry_run, "environment": environment(), "errors": []}
@@ -240,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            models = export_models(Path(tmp), args.dry_run)
+            models = export_models(Path(tmp), args.dry_run, args.model)
             results["models"] = {k: str(v) for k, v in models.items()}
             # TensorRT last: its engine builds are what may run out of time.
             for provider in providers[:1]:

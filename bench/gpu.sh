@@ -4,19 +4,19 @@
 #
 #   OUT=/some/folder bench/gpu.sh            # on a GPU machine (NVIDIA, CUDA 13)
 #   OUT=/some/folder bench/gpu.sh --dry-run  # anywhere: the same steps on the CPU, tiny
+#   OUT=/some/folder bench/gpu.sh --model my/model.onnx   # a scene-export file, not a fresh export
 #
 # Python: $PYTHON if set, else .venv/bin/python if it imports onnxruntime, else a fresh
 # .venv-gpu with the train, serve and dev extras installed by pip (3 minutes at most). A
 # machine without a package index keeps whatever it has, and the results say what was
-# missing. Everything else is bench/gpu.py (see its docstring for what is measured).
+# missing. Everything else is bench/gpu.py (see its docstring for what is measured), which
+# gets the arguments.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
 OUT=${OUT:?set OUT to the folder for the results}
 mkdir -p "$OUT"
 log="$OUT/gpu-run.log"
-dry_run=""
-[[ "${1:-}" == "--dry-run" ]] && dry_run="--dry-run"
 
 say() { echo "[gpu.sh $(($(date +%s) - started))s] $*" | tee -a "$log"; }
 
@@ -45,7 +45,7 @@ done
 # What is left of the 8 minutes, less a margin for writing up.
 left=$((480 - ($(date +%s) - started) - 30))
 say "running bench/gpu.py with ${left}s left"
-timeout $((left + 20)) "$python" -m bench.gpu --out "$OUT/gpu-results.json" --deadline-s "$left" $dry_run \
+timeout $((left + 20)) "$python" -m bench.gpu --out "$OUT/gpu-results.json" --deadline-s "$left" "$@" \
     >>"$log" 2>&1
 status=$?
 say "bench/gpu.py exited with $status; results in $OUT/gpu-results.json"

@@ -1,5 +1,6 @@
-"""Fixtures shared by every test package: the system tools some tests drive, and one
-small training run that the training and export tests read.
+"""Fixtures shared by every test package: the system tools some tests drive, one small
+training run and its export that the training, export and bench tests read, and a tiny
+CamVid tree in the SegNet layout, written by the tests themselves.
 
 The tests never install anything. `make system-deps` (which `make test` and CI run
 first) installs the Debian packages; a test whose tool is missing fails with a
@@ -13,7 +14,9 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 # Set to 1 to skip, rather than fail, the tests whose system tool is missing.
 ALLOW_MISSING_ENV = "SCENE_ALLOW_MISSING_TOOLS"
@@ -57,3 +60,90 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = str(REPO / "configs" / "smoke.yaml")
     assert main(["--config", config, f"run_dir={run_dir}", *SMALL_TRAINING, "keep_checkpoints=true"]) == 0
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def smoke_export(smoke_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``model.onnx`` of the smoke run exported by ``scene-export`` with every variant
+    (``model.fp16.onnx``, ``model.int8.onnx``, the card, samples), once per session; a
+    copy of the bare trace it made (before the card and the variants) is kept as
+    ``trace.onnx`` beside it. Tests only read it."""
+    import model_export.cli as cli
+
+    out = tmp_path_factory.mktemp("export") / "model.onnx"
+    real_export = cli.export_fp32
+
+    def keep_the_trace(model: object, path: Path, height: int, width: int) -> None:
+        real_export(model, path, height, width)  # type: ignore[arg-type]
+        shutil.copyfile(path, out.with_name("trace.onnx"))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cli, "export_fp32", keep_the_trace)
+        code = cli.main(
+            [
+                "--checkpoint",
+                str(smoke_run / "last.pt"),
+                "--out",
+                str(out),
+                "--fp16",
+                "--int8",
+                "--calibration-count",
+                "8",
+                "--name",
+                "smoke",
+                "--version",
+                "7",
+            ]
+        )
+    assert code == 0
+    return out
+
+
+# A tiny CamVid tree: the tests never read the real CamVid frames.
+CAMVID_HEIGHT, CAMVID_WIDTH = 36, 48
+CAMVID_FRAMES = {"train": ("0001TP_000010", "0001TP_000040", "0006R0_000100"), "val": ("0016E5_000200",)}
+
+
+def camvid_labels(seed: int) -> np.ndarray:
+    """Horizontal bands of CamVid classes (sky on top, road below), with void, a car and a pedestrian."""
+    labels = np.full((CAMVID_HEIGHT, CAMVID_WIDTH), 3, dtype=np.uint8)  # road
+    labels[:8] = 0  # sky
+    labels[8:18] = 1  # building
+    labels[18:22, :10] = 4  # pavement
+    labels[18:22, 10:20] = 5  # tree
+    labels[18:22, 20:24] = 2  # pole
+    labels[18:22, 24:28] = 6  # sign/symbol
+    labels[18:22, 28:34] = 7  # fence
+    labels[22:30, 4 + seed : 16 + seed] = 8  # car
+    labels[22:32, 30:33] = 9  # pedestrian
+    labels[22:30, 38:42] = 10  # bicyclist
+    labels[32:, 44:] = 11  # void
+    return labels
+
+
+def write_camvid(root: Path) -> Path:
+    """Write the tree: images coloured by class (so a model could learn it), labels, list files."""
+    colours = np.random.default_rng(0).integers(0, 256, size=(12, 3), dtype=np.uint8)
+    for split, stems in CAMVID_FRAMES.items():
+        (root / split).mkdir(parents=True)
+        (root / f"{split}annot").mkdir()
+        lines = []
+        for seed, stem in enumerate(stems):
+            labels = camvid_labels(seed)
+            Image.fromarray(colours[labels]).save(root / split / f"{stem}.png")
+            Image.fromarray(labels).save(root / f"{split}annot" / f"{stem}.png")
+            # The SegNet tutorial's lists carry absolute paths from its author's machine.
+            lines.append(f"/SegNet/CamVid/{split}/{stem}.png /SegNet/CamVid/{split}annot/{stem}.png")
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture
+def camvid_root(tmp_path: Path) -> Path:
+    return write_camvid(tmp_path / "camvid")
+
+
+@pytest.fixture
+def camvid_frame_labels() -> Callable[[int], np.ndarray]:
+    """The CamVid labels of the fixture's frame ``i`` of its split, at full size."""
+    return camvid_labels

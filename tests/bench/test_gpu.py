@@ -2,17 +2,27 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import onnx
+import pytest
+
+import model_export.export
+from bench import gpu
+from scene_contract.model import METADATA_KEY
+
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_gpu_script_dry_run_writes_results_for_every_step(tmp_path: Path) -> None:
+def test_gpu_script_dry_run_writes_results_for_every_step(tmp_path: Path, smoke_export: Path) -> None:
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "PYTHONPATH": str(REPO)}
+    # The session's export stands in for a fresh one (the export itself is tested in
+    # tests/model_export; the fresh-export path of the script below).
     done = subprocess.run(
-        ["bash", str(REPO / "bench/gpu.sh"), "--dry-run"],
+        ["bash", str(REPO / "bench/gpu.sh"), "--dry-run", "--model", str(smoke_export)],
         env=env,
         capture_output=True,
         text=True,
@@ -23,7 +33,7 @@ def test_gpu_script_dry_run_writes_results_for_every_step(tmp_path: Path) -> Non
     results = json.loads((tmp_path / "gpu-results.json").read_text())
     assert results["dry_run"] is True and results["errors"] == []
     assert results["environment"]["available_providers"]
-    assert set(results["models"]) == {"fp32", "fp16"}
+    assert set(results["models"]) == {"fp32", "fp16"} and results["models"]["fp32"] == str(smoke_export)
     model_rows = results["model"]
     assert {(r["precision"], r["batch"]) for r in model_rows} == {
         ("fp32", 1),
@@ -39,3 +49,19 @@ def test_gpu_script_dry_run_writes_results_for_every_step(tmp_path: Path) -> Non
     }
     assert all(r["status"] == "ok" and r["errors"] == 0 for r in service_rows)
     assert "bench/gpu.py exited with 0" in log
+
+
+def test_a_fresh_export_gets_a_card_the_service_can_load(
+    tmp_path: Path, smoke_export: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trace = smoke_export.with_name("trace.onnx")  # the bare trace: no card yet
+
+    def copy_the_trace(model: object, path: Path, height: int, width: int) -> None:
+        shutil.copyfile(trace, path)
+
+    monkeypatch.setattr(model_export.export, "export_fp32", copy_the_trace)
+    paths = gpu.export_models(tmp_path, dry_run=True)
+    assert set(paths) == {"fp32", "fp16"}
+    for path in paths.values():
+        keys = [p.key for p in onnx.load(str(path), load_external_data=False).metadata_props]
+        assert keys.count(METADATA_KEY) == 1, path

@@ -34,36 +34,9 @@ SEMANTIC_BIAS = "model.semantic_head.3.bias"
 
 
 @pytest.fixture(scope="module")
-def exported(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The checkpoint exported by the CLI with every variant; a copy of the bare trace it
-    made (before the card and the variants) is kept as ``trace.onnx`` beside it."""
-    out = tmp_path_factory.mktemp("export") / "model.onnx"
-    real_export = cli.export_fp32
-
-    def keep_the_trace(model: torch.nn.Module, path: Path, height: int, width: int) -> None:
-        real_export(model, path, height, width)
-        shutil.copyfile(path, out.with_name("trace.onnx"))
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cli, "export_fp32", keep_the_trace)
-        code = cli.main(
-            [
-                "--checkpoint",
-                str(checkpoint),
-                "--out",
-                str(out),
-                "--fp16",
-                "--int8",
-                "--calibration-count",
-                "8",
-                "--name",
-                "smoke",
-                "--version",
-                "7",
-            ]
-        )
-    assert code == 0
-    return out
+def exported(smoke_export: Path) -> Path:
+    """The session's export of the smoke run with every variant (tests/conftest.py)."""
+    return smoke_export
 
 
 @pytest.fixture
