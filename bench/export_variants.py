@@ -127,8 +127,12 @@ def measure(
     for variant, path in tqdm(files.items(), desc="variants", unit="file", file=sys.stderr):
         row: dict[str, Any] = {"size_mib": path.stat().st_size / 2**20, "speed": {}}
         for count in threads:
-            model = session(path, count)
-            row["speed"][count] = time_per_image(lambda x, m=model: m.run(None, {INPUT_NAME: x}), image, runs)
+            timed = session(path, count)
+
+            def run(x: npt.NDArray[np.uint8], timed: ort.InferenceSession = timed) -> object:
+                return timed.run(None, {INPUT_NAME: x})
+
+            row["speed"][count] = time_per_image(run, image, runs)
         model = session(path, max(threads))
         row |= score_procedural(model, scenes)
         if camvid is not None:

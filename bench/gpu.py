@@ -106,9 +106,9 @@ def export_models(folder: Path, dry_run: bool, model: Path | None = None) -> dic
 
     config = load_config(REPO / ("configs/smoke.yaml" if dry_run else "configs/default.yaml"))
     torch.manual_seed(0)
-    model = SceneModel(config.model).eval()
+    fresh = SceneModel(config.model).eval()
     paths = {"fp32": folder / "model.onnx", "fp16": folder / "model.fp16.onnx"}
-    export_fp32(model, paths["fp32"], config.data.height, config.data.width)
+    export_fp32(fresh, paths["fp32"], config.data.height, config.data.width)
     convert_fp16(paths["fp32"], paths["fp16"])
     # The service needs a model card: the bundled model's stands in (same classes; the
     # service resizes to its 128x256, which the dry run's smaller model also accepts).

@@ -282,6 +282,11 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", type=Path, default=REPO / "models/default/model.onnx")
+    parser.add_argument(
+        "--naive-model",
+        type=Path,
+        help="the naive server's model (default: --model), e.g. fp32 against scene-serve's int8",
+    )
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 32])
     parser.add_argument("--rounds", type=int, default=3, help="rounds per setting; medians are reported")
     parser.add_argument("--requests", type=int, default=200, help="PNG requests per round")
@@ -297,6 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", choices=["png", "jpeg", "both"], default="both")
     parser.add_argument("--smoke", action="store_true", help="a tiny run that checks the script works")
     args = parser.parse_args(argv)
+    models = {"scene-serve": args.model, "naive": args.naive_model or args.model}
     if args.smoke:
         args.clients, args.rounds, args.requests, args.jpeg_requests = [1, 2], 1, 4, 2
     generator = args.load_generator or ("hey" if have_hey() else "httpx")
@@ -311,10 +317,11 @@ def main(argv: list[str] | None = None) -> None:
         f"onnxruntime {ort.__version__}, load generator {generator}"
     )
     print(f"model only (ORT, batch 1, 128x256): p50 {baseline:.2f} ms")
+    print("models: " + ", ".join(f"{name} {path}" for name, path in models.items()))
     figures: list[Figure] = []
     with contextlib.ExitStack() as running:
         urls = {
-            name: running.enter_context(server(name, args.model, args.threads)) + "/predict"
+            name: running.enter_context(server(name, models[name], args.threads)) + "/predict"
             for name in SERVERS
         }
         if args.before is not None:
@@ -353,6 +360,7 @@ def main(argv: list[str] | None = None) -> None:
                 {
                     "load_generator": generator,
                     "model_only_p50_ms": baseline,
+                    "models": {name: str(path) for name, path in models.items()},
                     "figures": [asdict(f) for f in figures],
                 },
                 indent=2,

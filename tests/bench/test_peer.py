@@ -16,9 +16,12 @@ GENERATORS = ["httpx", pytest.param("hey", marks=NO_HEY)]
 @pytest.mark.parametrize("generator", GENERATORS)
 def test_peer_smoke_run_reports_both_servers_without_errors(generator: str, tmp_path: Path) -> None:
     out = tmp_path / "peer.json"
-    peer.main(["--smoke", "--load-generator", generator, "--json", str(out)])
+    int8 = peer.REPO / "models/default/model.int8.onnx"
+    peer.main(["--smoke", "--load-generator", generator, "--naive-model", str(int8), "--json", str(out)])
     report = json.loads(out.read_text())
     assert report["load_generator"] == generator and report["model_only_p50_ms"] > 0
+    fp32 = peer.REPO / "models/default/model.onnx"
+    assert report["models"] == {"scene-serve": str(fp32), "naive": str(int8)}
     figures = report["figures"]
     assert {(f["server"], f["image"], f["clients"]) for f in figures} == {
         (server, image, clients)

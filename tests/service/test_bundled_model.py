@@ -32,6 +32,8 @@ from training.metrics import SceneMetrics
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLED = ROOT / "models" / "default"
 MODEL = BUNDLED / "model.onnx"
+# The int8 file of the same checkpoint (`scene-export --int8`), the cheaper one on a CPU.
+INT8 = BUNDLED / "model.int8.onnx"
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +50,7 @@ def session() -> ort.InferenceSession:
 def test_the_bundled_files_are_there_and_small() -> None:
     for name in (
         "model.onnx",
+        "model.int8.onnx",
         "model.card.json",
         "metrics.json",
         "sigma.png",
@@ -55,7 +58,15 @@ def test_the_bundled_files_are_there_and_small() -> None:
         "README.md",
     ):
         assert (BUNDLED / name).is_file(), f"models/default/{name} is missing"
-    assert MODEL.stat().st_size <= 25 * 10**6
+    assert MODEL.stat().st_size <= 25 * 10**6 and INT8.stat().st_size <= 10 * 10**6
+
+
+def test_the_int8_file_describes_the_same_model(session: ort.InferenceSession) -> None:
+    main = parse_model_card(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
+    int8 = ort.InferenceSession(str(INT8), providers=["CPUExecutionProvider"])
+    card = parse_model_card(int8.get_modelmeta().custom_metadata_map[METADATA_KEY])
+    assert card.precision == "int8" and card.classes == main.classes
+    assert card.task_uncertainty == main.task_uncertainty and card.metrics == main.metrics
 
 
 def test_the_card_is_complete(session: ort.InferenceSession) -> None:
@@ -105,9 +116,9 @@ def test_the_card_and_readme_pass_on_camvid_terms(session: ort.InferenceSession)
     assert "non-commercial" in (BUNDLED / "README.md").read_text()
 
 
-def test_predictions_on_fresh_scenes_reach_the_recorded_quality(
-    recorded: dict[str, Any], session: ort.InferenceSession
-) -> None:
+@pytest.mark.parametrize("path", [MODEL, INT8], ids=["model", "int8"])
+def test_predictions_on_fresh_scenes_reach_the_recorded_quality(recorded: dict[str, Any], path: Path) -> None:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     # The recorded split and seed, fewer scenes: the same distribution, a quick check.
     dataset = recorded["dataset"]
     scenes = ProceduralScenes(split="test", seed=dataset["seed"], count=24, height=128, width=256)
@@ -128,10 +139,11 @@ def test_predictions_on_fresh_scenes_reach_the_recorded_quality(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("path", [MODEL, INT8], ids=["model", "int8"])
 async def test_the_service_serves_it_with_sensible_answers(
-    serve: Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]],
+    serve: Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]], path: Path
 ) -> None:
-    settings = Settings(model_path=MODEL, providers=["CPUExecutionProvider"], intra_op_threads=1)
+    settings = Settings(model_path=path, providers=["CPUExecutionProvider"], intra_op_threads=1)
     scene = ProceduralScenes(split="test", seed=4242, count=1)[0]
     buffer = io.BytesIO()
     Image.fromarray(scene.image).save(buffer, format="PNG")
