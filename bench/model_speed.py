@@ -21,9 +21,11 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import multiprocessing
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -110,8 +112,18 @@ def main(argv: list[str] | None = None) -> None:
             "class axis (before)": Path(tmp) / "before.onnx",
             "last axis (after)": Path(tmp) / "after.onnx",
         }
-        export_fp32(model, paths["class axis (before)"], height, width, SoftmaxConfidenceGraph)
-        export_fp32(model, paths["last axis (after)"], height, width)
+        # Tracing is single-threaded Python: the two graphs trace side by side in two
+        # processes (spawned: forking a process that has run torch can hang).
+        with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+            traces = [
+                pool.submit(export_fp32, model, paths[name], height, width, graph)
+                for name, graph in (
+                    ("class axis (before)", SoftmaxConfidenceGraph),
+                    ("last axis (after)", InferenceGraph),
+                )
+            ]
+            for trace in traces:
+                trace.result()
         sessions = {name: session(path, args.threads) for name, path in paths.items()}
         outputs = {
             name: [s.run(list(OUTPUT_NAMES), {INPUT_NAME: images[i : i + 1]}) for i in range(len(images))]
