@@ -1,6 +1,6 @@
 """`scene-study`: the paper's Table 1 on this project's data, in one resumable command.
 
-    scene-study --config configs/study.yaml [--max-minutes M] [--max-runs N]
+    scene-study --config configs/study.yaml [--max-minutes M] [--max-runs N] [--jobs J]
     scene-study --config configs/study.yaml --pilot      # the seed-spread pilot first
     scene-study --config configs/study.yaml --report     # only (re)write the table and plots
 
@@ -11,7 +11,9 @@ schedule and is scored on the same held-out scenes. Run ``k`` of arm ``a`` lives
 ``<out>/<a>/seed<k>/`` (grid points in ``<out>/<grid>/<point>/seed<k>/``): a run with
 ``result.json`` is finished and skipped, one with ``last.pt`` resumes from it, and each
 invocation trains in chunks of ``chunk_steps`` so a time budget can stop it between
-chunks. The results are then gathered into ``results.json`` (every run's raw numbers),
+chunks. ``--jobs J`` trains J runs at once, each in its own process with a share of
+the cores (on a small CPU model two one-thread runs train faster together than one
+two-thread run: docs/study.md). The results are then gathered into ``results.json`` (every run's raw numbers),
 ``table.md`` (mean ± std over seeds, comparisons) and plots, all in ``<out>``.
 
 See docs/study.md for the arms, the fairness choices and the tests.
@@ -23,15 +25,19 @@ import argparse
 import csv
 import json
 import math
+import multiprocessing
+import os
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from scene_contract.model import TASKS
@@ -582,6 +588,12 @@ class Budget:
         over_runs = self.max_runs is not None and self.finished >= self.max_runs
         return over_time or over_runs
 
+    def minutes_left(self) -> float | None:
+        """Minutes until the time budget ends (None: no time limit)."""
+        if self.max_minutes is None:
+            return None
+        return max(0.0, self.max_minutes - (time.monotonic() - self.started) / 60)
+
 
 def _comparable(config: TrainConfig) -> dict[str, Any]:
     data = to_dict(config)
@@ -755,10 +767,16 @@ def render_scenes(study: StudyConfig, say: Callable[[str], None]) -> None:
 
 
 def run_study(
-    study: StudyConfig, budget: Budget, *, pilot: bool = False, say: Callable[[str], None] = print
+    study: StudyConfig,
+    budget: Budget,
+    *,
+    pilot: bool = False,
+    say: Callable[[str], None] = print,
+    jobs: int = 1,
 ) -> bool:
     """Train and score every unfinished run the budget allows, then write the report.
 
+    With ``jobs`` > 1, that many runs train at once in worker processes (`_run_in_parallel`).
     Returns True when every run of the study (or the pilot) is finished or failed.
     """
     if pilot and study.pilot is None:
@@ -767,21 +785,17 @@ def run_study(
     runs = plan(study, [] if pilot else study_seeds(study, say), pilot)
     pending = [r for r in runs if read_result(r.run_dir) is None and not (r.run_dir / FAILED).is_file()]
     say(f"{len(runs) - len(pending)} of {len(runs)} runs finished; {len(pending)} to go")
-    while pending and not budget.exhausted():
-        for run in pending:
-            try:
-                extra = run_settings(study, run)
-            except WaitingError:
-                continue
-            break
-        else:
+    if jobs > 1:
+        _run_in_parallel(study, pending, budget, jobs, say)
+    while jobs == 1 and pending and not budget.exhausted():
+        picked = _next_runnable(study, pending, running=())
+        if picked is None:
             break  # every pending run waits for one that failed
+        run, extra = picked
         try:
             finished = advance(study, run, extra, budget, say)
         except NonFiniteLossError as error:
-            (run.run_dir / FAILED).write_text(json.dumps({"error": str(error)}))
-            say(f"{run.label}: failed: {error}")
-            finished = True
+            finished = _record_failure(run, error, say)
         if finished:
             pending.remove(run)
             budget.finished += 1
@@ -794,6 +808,73 @@ def run_study(
         say(f"{run.label}: left for later ({reason})")
     write_report(study, pilot=pilot)
     return not pending
+
+
+def _next_runnable(
+    study: StudyConfig, pending: Sequence[PlannedRun], running: Sequence[PlannedRun]
+) -> tuple[PlannedRun, dict[str, Any]] | None:
+    """The first pending run that is not running and waits for nothing, with its settings."""
+    for run in pending:
+        if run in running:
+            continue
+        try:
+            return run, run_settings(study, run)
+        except WaitingError:
+            continue
+    return None
+
+
+def _record_failure(run: PlannedRun, error: NonFiniteLossError, say: Callable[[str], None]) -> bool:
+    (run.run_dir / FAILED).write_text(json.dumps({"error": str(error)}))
+    say(f"{run.label}: failed: {error}")
+    return True
+
+
+def _run_in_parallel(
+    study: StudyConfig, pending: list[PlannedRun], budget: Budget, jobs: int, say: Callable[[str], None]
+) -> None:
+    """Advance up to ``jobs`` runs at once, each in a worker process with ``cores // jobs``
+    torch threads; finished runs leave ``pending``. A run that waits for others (the
+    grid's best weights) starts once they are finished. Workers print their own progress
+    lines; the budget's deadline holds in each of them."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    say(f"training {jobs} runs at once, {threads} torch thread(s) each")
+    # Spawned, not forked: forking a process that has run torch can hang its thread pools.
+    context = multiprocessing.get_context("spawn")
+    running: dict[Future[bool], PlannedRun] = {}
+    with ProcessPoolExecutor(
+        jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(threads,)
+    ) as pool:
+        while True:
+            while len(running) < jobs and not budget.exhausted():
+                picked = _next_runnable(study, pending, list(running.values()))
+                if picked is None:
+                    break
+                run, extra = picked
+                running[pool.submit(_advance_in_worker, study, run, extra, budget.minutes_left())] = run
+            if not running:
+                return
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                run = running.pop(future)
+                try:
+                    finished = future.result()
+                except NonFiniteLossError as error:
+                    finished = _record_failure(run, error, say)
+                if finished:
+                    pending.remove(run)
+                    budget.finished += 1
+
+
+def _advance_in_worker(
+    study: StudyConfig, run: PlannedRun, extra: dict[str, Any], minutes_left: float | None
+) -> bool:
+    """`advance` in a worker process, with the caller's time budget and progress on stdout."""
+    return advance(study, run, extra, Budget(max_minutes=minutes_left), _say_on_stdout)
+
+
+def _say_on_stdout(line: str) -> None:
+    print(f"scene-study: {line}", flush=True)
 
 
 # ---------------------------------------------------------------- aggregation
@@ -1152,21 +1233,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--max-minutes", type=float, help="start no training chunk after this many minutes")
     parser.add_argument("--max-runs", type=int, help="stop after finishing this many runs")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="runs trained at once, each in its own process (default 1)"
+    )
     args = parser.parse_args(argv)
     try:
         if args.max_minutes is not None and args.max_minutes <= 0:
             raise StudyConfigError(f"--max-minutes: must be positive, got {args.max_minutes}")
         if args.max_runs is not None and args.max_runs <= 0:
             raise StudyConfigError(f"--max-runs: must be positive, got {args.max_runs}")
+        if args.jobs <= 0:
+            raise StudyConfigError(f"--jobs: must be positive, got {args.jobs}")
         study = load_study(args.config)
         if args.report:
             write_report(study, pilot=args.pilot)
             done = True
         else:
             budget = Budget(args.max_minutes, args.max_runs)
-            done = run_study(
-                study, budget, pilot=args.pilot, say=lambda line: print(f"scene-study: {line}", flush=True)
-            )
+            done = run_study(study, budget, pilot=args.pilot, say=_say_on_stdout, jobs=args.jobs)
     except (StudyConfigError, ConfigError, CheckpointError, DataConfigError) as error:
         print(f"scene-study: error: {error}", file=sys.stderr)
         return 2

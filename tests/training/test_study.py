@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import statistics
 from pathlib import Path
 from typing import Any
@@ -380,3 +381,30 @@ def test_a_run_started_under_another_config_is_not_resumed_into_a_mixture(tmp_pa
     )
     with pytest.raises(StudyConfigError, match=r"different training config \(differs in: optim\)"):
         run_study(load_study(changed), Budget(), say=lambda _: None)
+
+
+def test_two_jobs_train_every_run_once_in_worker_processes(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    config = toy_study(tmp_path, seeds=[1])  # two runs: one for each worker
+    out = tmp_path / "study"
+    assert main(["--config", str(config), "--jobs", "2"]) == 0
+    printed = capfd.readouterr().out  # the workers' lines come from other processes
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    assert f"training 2 runs at once, {threads} torch thread(s) each" in printed
+    for arm in ("unweighted", "uncertainty"):
+        run_dir = out / arm / "seed1"
+        result = json.loads((run_dir / "result.json").read_text())
+        assert (result["arm"], result["seed"], result["steps"]) == (arm, 1, 2)
+        with (run_dir / "log.csv").open() as f:
+            assert [int(row["step"]) for row in csv.DictReader(f)] == [1, 2]
+        # The workers print their progress themselves.
+        assert f"{arm} seed 1: finished; test" in printed
+    assert (out / "table.md").is_file()
+    assert main(["--config", str(config), "--jobs", "2"]) == 0
+    assert "2 of 2 runs finished; 0 to go" in capfd.readouterr().out
+
+
+def test_jobs_must_be_positive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config", str(toy_study(tmp_path)), "--jobs", "0"]) == 2
+    assert "scene-study: error: --jobs: must be positive, got 0" in capsys.readouterr().err
