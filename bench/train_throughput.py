@@ -1,20 +1,25 @@
 """Training throughput (images/s) of a config on this machine.
 
-    python -m bench.train_throughput --config configs/default.yaml [--steps 12] [--runs 3]
+    python -m bench.train_throughput --config configs/default.yaml [--steps 12] [--runs 3] [--jobs J]
 
 Times full optimisation steps (data loading, forward, the three task losses,
 uncertainty weighting, backward, SGD) after a warm-up, ``runs`` times, and reports
 the median. The baseline, timed in the same run, is the same model trained on
 semantic segmentation alone (fixed weights 1/0/0), so the ratio is the price of
-the two extra tasks.
+the two extra tasks. With ``--jobs J``, each run also trains J copies at once in
+worker processes with ``cores // J`` torch threads each (how ``scene-study --jobs``
+trains) and reports their summed images/s against the one process with every thread.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import platform
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import torch
 from torch.utils.data import DataLoader
@@ -61,7 +66,21 @@ def images_per_second(config: TrainConfig, steps: int, warmup: int) -> float:
     return steps * config.batch_size / (time.perf_counter() - start)
 
 
-def main() -> None:
+def images_per_second_in_processes(config: TrainConfig, steps: int, warmup: int, jobs: int) -> float:
+    """Summed images/s of ``jobs`` processes training ``config`` at once, ``cores // jobs`` threads each.
+
+    The processes start together and warm up before timing, so their timed steps
+    overlap: each one's rate is measured while the others train.
+    """
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    context = multiprocessing.get_context("spawn")  # not fork: this process has run torch
+    with ProcessPoolExecutor(
+        jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(threads,)
+    ) as pool:
+        return sum(pool.map(images_per_second, [config] * jobs, [steps] * jobs, [warmup] * jobs))
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -69,8 +88,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=1, help="also time this many processes training at once")
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.jobs <= 0:
+        parser.error(f"--jobs must be positive, got {args.jobs}")
     config = load_config(args.config, args.overrides)
     single = load_config(
         args.config,
@@ -82,14 +104,23 @@ def main() -> None:
         f"{config.data.workers} loader workers, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {platform.machine()}"
     )
-    three, one = [], []
+    three, one, parallel = [], [], []
     for run in range(args.runs):
         three.append(images_per_second(config, args.steps, args.warmup))
         one.append(images_per_second(single, args.steps, args.warmup))
-        print(f"run {run + 1}: three tasks {three[-1]:.2f} img/s, semantic only {one[-1]:.2f} img/s")
+        line = f"run {run + 1}: three tasks {three[-1]:.2f} img/s, semantic only {one[-1]:.2f} img/s"
+        if args.jobs > 1:
+            parallel.append(images_per_second_in_processes(config, args.steps, args.warmup, args.jobs))
+            line += f", {args.jobs} processes at once {parallel[-1]:.2f} img/s in all"
+        print(line, flush=True)
     print(f"median three tasks: {statistics.median(three):.2f} img/s")
     print(f"median semantic only (baseline): {statistics.median(one):.2f} img/s")
     print(f"three-task cost: {statistics.median(one) / statistics.median(three):.2f}x the time per image")
+    if parallel:
+        print(
+            f"median {args.jobs} processes at once: {statistics.median(parallel):.2f} img/s in all, "
+            f"{statistics.median(parallel) / statistics.median(three):.2f}x one process"
+        )
 
 
 if __name__ == "__main__":
