@@ -836,41 +836,68 @@ def _run_in_parallel(
     """Advance up to ``jobs`` runs at once, each in a worker process with ``cores // jobs``
     torch threads; finished runs leave ``pending``. A run that waits for others (the
     grid's best weights) starts once they are finished. Workers print their own progress
-    lines; the budget's deadline holds in each of them."""
+    lines; the budget's deadline holds in each of them. If a run raises (a changed
+    config, say), the other workers stop at their next chunk boundary and the error
+    reaches the caller."""
+    if not pending:
+        return
     threads = max(1, (os.cpu_count() or 1) // jobs)
     say(f"training {jobs} runs at once, {threads} torch thread(s) each")
     # Spawned, not forked: forking a process that has run torch can hang its thread pools.
     context = multiprocessing.get_context("spawn")
+    stop = context.Event()
     running: dict[Future[bool], PlannedRun] = {}
     with ProcessPoolExecutor(
-        jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(threads,)
+        jobs, mp_context=context, initializer=_start_worker, initargs=(threads, stop)
     ) as pool:
-        while True:
-            while len(running) < jobs and not budget.exhausted():
-                picked = _next_runnable(study, pending, list(running.values()))
-                if picked is None:
-                    break
-                run, extra = picked
-                running[pool.submit(_advance_in_worker, study, run, extra, budget.minutes_left())] = run
-            if not running:
-                return
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                run = running.pop(future)
-                try:
-                    finished = future.result()
-                except NonFiniteLossError as error:
-                    finished = _record_failure(run, error, say)
-                if finished:
-                    pending.remove(run)
-                    budget.finished += 1
+        try:
+            while True:
+                while len(running) < jobs and not budget.exhausted():
+                    picked = _next_runnable(study, pending, list(running.values()))
+                    if picked is None:
+                        break
+                    run, extra = picked
+                    running[pool.submit(_advance_in_worker, study, run, extra, budget.minutes_left())] = run
+                if not running:
+                    return
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    run = running.pop(future)
+                    try:
+                        finished = future.result()
+                    except NonFiniteLossError as error:
+                        finished = _record_failure(run, error, say)
+                    if finished:
+                        pending.remove(run)
+                        budget.finished += 1
+        except BaseException:
+            stop.set()  # the pool's exit waits for the running workers: let them finish a chunk, not a run
+            raise
+
+
+# Set in each worker process by `_start_worker`: the parent's request to stop early.
+_stop_request: Any = None
+
+
+def _start_worker(threads: int, stop: Any) -> None:
+    global _stop_request
+    torch.set_num_threads(threads)
+    _stop_request = stop
+
+
+@dataclass
+class _WorkerBudget(Budget):
+    """The parent's deadline, and spent as soon as the parent asks the workers to stop."""
+
+    def exhausted(self) -> bool:
+        return super().exhausted() or (_stop_request is not None and _stop_request.is_set())
 
 
 def _advance_in_worker(
     study: StudyConfig, run: PlannedRun, extra: dict[str, Any], minutes_left: float | None
 ) -> bool:
     """`advance` in a worker process, with the caller's time budget and progress on stdout."""
-    return advance(study, run, extra, Budget(max_minutes=minutes_left), _say_on_stdout)
+    return advance(study, run, extra, _WorkerBudget(max_minutes=minutes_left), _say_on_stdout)
 
 
 def _say_on_stdout(line: str) -> None:

@@ -388,6 +388,14 @@ def test_two_jobs_train_every_run_once_in_worker_processes(
 ) -> None:
     config = toy_study(tmp_path, seeds=[1])  # two runs: one for each worker
     out = tmp_path / "study"
+    # A run folder started under another config: that worker's error ends the study.
+    started_elsewhere = out / "unweighted" / "seed1" / "study_run.json"
+    started_elsewhere.parent.mkdir(parents=True)
+    started_elsewhere.write_text(json.dumps({"config": {}, "train_seconds": 0.0}))
+    assert main(["--config", str(config), "--jobs", "2"]) == 2
+    assert "different training config" in capfd.readouterr().err
+
+    started_elsewhere.unlink()
     assert main(["--config", str(config), "--jobs", "2"]) == 0
     printed = capfd.readouterr().out  # the workers' lines come from other processes
     threads = max(1, (os.cpu_count() or 1) // 2)
@@ -401,8 +409,6 @@ def test_two_jobs_train_every_run_once_in_worker_processes(
         # The workers print their progress themselves.
         assert f"{arm} seed 1: finished; test" in printed
     assert (out / "table.md").is_file()
-    assert main(["--config", str(config), "--jobs", "2"]) == 0
-    assert "2 of 2 runs finished; 0 to go" in capfd.readouterr().out
 
 
 def test_jobs_must_be_positive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
