@@ -386,16 +386,18 @@ def test_a_run_started_under_another_config_is_not_resumed_into_a_mixture(tmp_pa
 def test_two_jobs_train_every_run_once_in_worker_processes(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    config = toy_study(tmp_path, seeds=[1])  # two runs: one for each worker
     out = tmp_path / "study"
-    # A run folder started under another config: that worker's error ends the study.
+    # A run folder started under another config: the worker's error ends the study.
     started_elsewhere = out / "unweighted" / "seed1" / "study_run.json"
     started_elsewhere.parent.mkdir(parents=True)
     started_elsewhere.write_text(json.dumps({"config": {}, "train_seconds": 0.0}))
+    unweighted_only = [{"name": "unweighted", "overrides": {"loss.strategy": "fixed"}}]
+    config = toy_study(tmp_path, seeds=[1], arms=unweighted_only, comparisons=[])
     assert main(["--config", str(config), "--jobs", "2"]) == 2
     assert "different training config" in capfd.readouterr().err
 
     started_elsewhere.unlink()
+    config = toy_study(tmp_path, seeds=[1])  # two runs: one for each worker
     assert main(["--config", str(config), "--jobs", "2"]) == 0
     printed = capfd.readouterr().out  # the workers' lines come from other processes
     threads = max(1, (os.cpu_count() or 1) // 2)
