@@ -5,6 +5,7 @@
 #   OUT=/some/folder bench/gpu.sh            # on a GPU machine (NVIDIA, CUDA 13)
 #   OUT=/some/folder bench/gpu.sh --dry-run  # anywhere: the same steps on the CPU, tiny
 #   OUT=/some/folder bench/gpu.sh --model my/model.onnx   # a scene-export file, not a fresh export
+#                                                         # (a relative path is from the repository root)
 #
 # Python: $PYTHON if set, else .venv/bin/python if it imports onnxruntime, else a fresh
 # .venv-gpu with the train, serve and dev extras installed by pip (3 minutes at most). A

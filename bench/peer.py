@@ -1,6 +1,6 @@
 """scene-serve against a naive FastAPI + ONNX Runtime server, side by side, in one run.
 
-    python -m bench.peer [--model models/default/model.onnx] [--clients 1 4 16 32]
+    python -m bench.peer [--model models/default/model.onnx] [--naive-model FILE] [--clients 1 4 16 32]
                          [--rounds 3] [--requests 200] [--jpeg-requests 40]
                          [--load-generator hey|httpx] [--json out.json] [--smoke]
 

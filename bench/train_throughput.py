@@ -19,7 +19,9 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -30,7 +32,9 @@ from training.model import SceneModel, count_parameters
 from training.train import Objective, build_optimizer, build_weighting_from_config
 
 
-def images_per_second(config: TrainConfig, steps: int, warmup: int) -> float:
+def images_per_second(
+    config: TrainConfig, steps: int, warmup: int, after_warmup: Callable[[], object] | None = None
+) -> float:
     torch.manual_seed(0)
     device = torch.device("cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu")
     model = SceneModel(config.model).to(device)
@@ -56,6 +60,8 @@ def images_per_second(config: TrainConfig, steps: int, warmup: int) -> float:
         if step == warmup:
             if device.type == "cuda":
                 torch.cuda.synchronize()
+            if after_warmup is not None:
+                after_warmup()
             start = time.perf_counter()
         total, _ = objective(batch_to(next(batches), device), autocast)
         optimizer.zero_grad(set_to_none=True)
@@ -69,15 +75,30 @@ def images_per_second(config: TrainConfig, steps: int, warmup: int) -> float:
 def images_per_second_in_processes(config: TrainConfig, steps: int, warmup: int, jobs: int) -> float:
     """Summed images/s of ``jobs`` processes training ``config`` at once, ``cores // jobs`` threads each.
 
-    The processes start together and warm up before timing, so their timed steps
-    overlap: each one's rate is measured while the others train.
+    Each process warms up, then waits for the others at a barrier, so the timed steps
+    of all of them start together and each rate is measured while the others train.
     """
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = max(1, len(os.sched_getaffinity(0)) // jobs)
     context = multiprocessing.get_context("spawn")  # not fork: this process has run torch
+    barrier = context.Barrier(jobs)
     with ProcessPoolExecutor(
-        jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(threads,)
+        jobs, mp_context=context, initializer=_start_worker, initargs=(threads, barrier)
     ) as pool:
-        return sum(pool.map(images_per_second, [config] * jobs, [steps] * jobs, [warmup] * jobs))
+        return sum(pool.map(_timed_together, [config] * jobs, [steps] * jobs, [warmup] * jobs))
+
+
+# Set in each worker process by `_start_worker`: where the workers meet after warm-up.
+_barrier: Any = None
+
+
+def _start_worker(threads: int, barrier: Any) -> None:
+    global _barrier
+    torch.set_num_threads(threads)
+    _barrier = barrier
+
+
+def _timed_together(config: TrainConfig, steps: int, warmup: int) -> float:
+    return images_per_second(config, steps, warmup, after_warmup=_barrier.wait)
 
 
 def main(argv: list[str] | None = None) -> None:

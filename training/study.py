@@ -588,11 +588,10 @@ class Budget:
         over_runs = self.max_runs is not None and self.finished >= self.max_runs
         return over_time or over_runs
 
-    def minutes_left(self) -> float | None:
-        """Minutes until the time budget ends (None: no time limit)."""
-        if self.max_minutes is None:
-            return None
-        return max(0.0, self.max_minutes - (time.monotonic() - self.started) / 60)
+    def allows_another(self, in_flight: int) -> bool:
+        """Whether a run may start while ``in_flight`` others are still going."""
+        room = self.max_runs is None or self.finished + in_flight < self.max_runs
+        return room and not self.exhausted()
 
 
 def _comparable(config: TrainConfig) -> dict[str, Any]:
@@ -836,13 +835,18 @@ def _run_in_parallel(
     """Advance up to ``jobs`` runs at once, each in a worker process with ``cores // jobs``
     torch threads; finished runs leave ``pending``. A run that waits for others (the
     grid's best weights) starts once they are finished. Workers print their own progress
-    lines; the budget's deadline holds in each of them. If a run raises (a changed
-    config, say), the other workers stop at their next chunk boundary and the error
-    reaches the caller."""
+    lines; the budget's deadline holds in each of them, and no run starts that could
+    take the finished runs past ``max_runs``. Only the budget's ``max_minutes`` and
+    ``max_runs`` apply here (a `Budget` subclass's own rule does not reach the workers).
+    If a run raises (a changed config, say), the other workers stop at their next
+    chunk boundary and the error reaches the caller."""
     if not pending:
         return
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    cores = len(os.sched_getaffinity(0))
+    threads = max(1, cores // jobs)
     say(f"training {jobs} runs at once, {threads} torch thread(s) each")
+    if jobs > cores:
+        say(f"warning: {jobs} jobs on {cores} cores: the runs will share cores")
     # Spawned, not forked: forking a process that has run torch can hang its thread pools.
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
@@ -852,24 +856,31 @@ def _run_in_parallel(
     ) as pool:
         try:
             while True:
-                while len(running) < jobs and not budget.exhausted():
+                while len(running) < jobs and budget.allows_another(len(running)):
                     picked = _next_runnable(study, pending, list(running.values()))
                     if picked is None:
                         break
                     run, extra = picked
-                    running[pool.submit(_advance_in_worker, study, run, extra, budget.minutes_left())] = run
+                    deadline = Budget(budget.max_minutes, started=budget.started)
+                    running[pool.submit(_advance_in_worker, study, run, extra, deadline)] = run
                 if not running:
                     return
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
+                errors: list[BaseException] = []
+                for future in done:  # every finished run is counted before an error is raised
                     run = running.pop(future)
                     try:
                         finished = future.result()
                     except NonFiniteLossError as error:
                         finished = _record_failure(run, error, say)
+                    except Exception as error:
+                        errors.append(error)
+                        continue
                     if finished:
                         pending.remove(run)
                         budget.finished += 1
+                if errors:
+                    raise errors[0]
         except BaseException:
             stop.set()  # the pool's exit waits for the running workers: let them finish a chunk, not a run
             raise
@@ -893,11 +904,12 @@ class _WorkerBudget(Budget):
         return super().exhausted() or (_stop_request is not None and _stop_request.is_set())
 
 
-def _advance_in_worker(
-    study: StudyConfig, run: PlannedRun, extra: dict[str, Any], minutes_left: float | None
-) -> bool:
-    """`advance` in a worker process, with the caller's time budget and progress on stdout."""
-    return advance(study, run, extra, _WorkerBudget(max_minutes=minutes_left), _say_on_stdout)
+def _advance_in_worker(study: StudyConfig, run: PlannedRun, extra: dict[str, Any], deadline: Budget) -> bool:
+    """`advance` in a worker process, with progress on stdout, until the caller's deadline
+    (``deadline``'s ``max_minutes`` from its ``started``: `time.monotonic` is one clock for
+    every process) or the caller's request to stop."""
+    budget = _WorkerBudget(deadline.max_minutes, started=deadline.started)
+    return advance(study, run, extra, budget, _say_on_stdout)
 
 
 def _say_on_stdout(line: str) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 import model_export.export
 from bench import gpu
-from scene_contract.model import METADATA_KEY
+from scene_contract.model import METADATA_KEY, parse_model_card
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -63,5 +63,7 @@ def test_a_fresh_export_gets_a_card_the_service_can_load(
     paths = gpu.export_models(tmp_path, dry_run=True)
     assert set(paths) == {"fp32", "fp16"}
     for path in paths.values():
-        keys = [p.key for p in onnx.load(str(path), load_external_data=False).metadata_props]
-        assert keys.count(METADATA_KEY) == 1, path
+        cards = [p.value for p in onnx.load(str(path)).metadata_props if p.key == METADATA_KEY]
+        assert len(cards) == 1, path
+        card = parse_model_card(cards[0])  # what the service reads at start-up
+        assert len(card.classes) == 19 and card.input_height > 0

@@ -416,3 +416,13 @@ def test_two_jobs_train_every_run_once_in_worker_processes(
 def test_jobs_must_be_positive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--config", str(toy_study(tmp_path)), "--jobs", "0"]) == 2
     assert "scene-study: error: --jobs: must be positive, got 0" in capsys.readouterr().err
+
+
+def test_no_run_starts_that_could_take_the_study_past_max_runs() -> None:
+    budget = Budget(max_runs=2)
+    assert budget.allows_another(in_flight=0) and budget.allows_another(in_flight=1)
+    assert not budget.allows_another(in_flight=2)  # a third start could finish a third run
+    budget.finished = 1
+    assert budget.allows_another(in_flight=0) and not budget.allows_another(in_flight=1)
+    assert Budget().allows_another(in_flight=8)
+    assert not Budget(max_minutes=1, started=-1e9).allows_another(in_flight=0)  # the deadline passed

@@ -17,7 +17,7 @@ from training.data.classes import IGNORE_INDEX, INSTANCE_UNKNOWN, train_id
 from training.data.sample import DataConfigError
 from training.targets import build_targets
 
-# The fixture's frame size (tests/training/conftest.py).
+# The fixture's frame size (tests/conftest.py).
 CAMVID_HEIGHT, CAMVID_WIDTH = 36, 48
 Labels = Callable[[int], np.ndarray]
 
