@@ -786,7 +786,24 @@ def run_study(
     say(f"{len(runs) - len(pending)} of {len(runs)} runs finished; {len(pending)} to go")
     if jobs > 1:
         _run_in_parallel(study, pending, budget, jobs, say)
-    while jobs == 1 and pending and not budget.exhausted():
+    else:
+        _run_in_turn(study, pending, budget, say)
+    for run in pending:
+        try:
+            run_settings(study, run)
+            reason = "the budget ran out" if budget.exhausted() else "not run"
+        except WaitingError as waiting:
+            reason = str(waiting)
+        say(f"{run.label}: left for later ({reason})")
+    write_report(study, pilot=pilot)
+    return not pending
+
+
+def _run_in_turn(
+    study: StudyConfig, pending: list[PlannedRun], budget: Budget, say: Callable[[str], None]
+) -> None:
+    """Advance runs one after another in this process; finished runs leave ``pending``."""
+    while pending and not budget.exhausted():
         picked = _next_runnable(study, pending, running=())
         if picked is None:
             break  # every pending run waits for one that failed
@@ -798,15 +815,6 @@ def run_study(
         if finished:
             pending.remove(run)
             budget.finished += 1
-    for run in pending:
-        try:
-            run_settings(study, run)
-            reason = "the budget ran out" if budget.exhausted() else "not run"
-        except WaitingError as waiting:
-            reason = str(waiting)
-        say(f"{run.label}: left for later ({reason})")
-    write_report(study, pilot=pilot)
-    return not pending
 
 
 def _next_runnable(
@@ -861,7 +869,7 @@ def _run_in_parallel(
                     if picked is None:
                         break
                     run, extra = picked
-                    deadline = Budget(budget.max_minutes, started=budget.started)
+                    deadline = _WorkerBudget(budget.max_minutes, started=budget.started)
                     running[pool.submit(_advance_in_worker, study, run, extra, deadline)] = run
                 if not running:
                     return
@@ -904,11 +912,12 @@ class _WorkerBudget(Budget):
         return super().exhausted() or (_stop_request is not None and _stop_request.is_set())
 
 
-def _advance_in_worker(study: StudyConfig, run: PlannedRun, extra: dict[str, Any], deadline: Budget) -> bool:
+def _advance_in_worker(
+    study: StudyConfig, run: PlannedRun, extra: dict[str, Any], budget: _WorkerBudget
+) -> bool:
     """`advance` in a worker process, with progress on stdout, until the caller's deadline
-    (``deadline``'s ``max_minutes`` from its ``started``: `time.monotonic` is one clock for
+    (``budget``'s ``max_minutes`` from its ``started``: `time.monotonic` is one clock for
     every process) or the caller's request to stop."""
-    budget = _WorkerBudget(deadline.max_minutes, started=deadline.started)
     return advance(study, run, extra, budget, _say_on_stdout)
 
 
