@@ -37,9 +37,13 @@ pick_python() {
 python=$(pick_python)
 say "python: $python"
 nvidia-smi >>"$log" 2>&1 || say "nvidia-smi is not available"
-for module in onnxruntime torch fastapi uvicorn httpx onnx; do
-    "$python" -c "import $module" 2>/dev/null || say "missing python module: $module"
-done
+# Looked up, not imported (importing torch alone takes seconds): one line per missing module.
+"$python" -c "
+import importlib.util
+for module in ('onnxruntime', 'torch', 'fastapi', 'uvicorn', 'httpx', 'onnx'):
+    if importlib.util.find_spec(module) is None:
+        print(module)
+" | while read -r module; do say "missing python module: $module"; done
 "$python" -c "import onnxruntime as ort; print('onnxruntime', ort.__version__, ort.get_available_providers())" \
     2>&1 | tee -a "$log"
 

@@ -2,6 +2,7 @@
 
     python -m bench.model_speed --checkpoint runs/x/last.pt [--runs 5] [--threads 2] [--profile-runs 20]
     python -m bench.model_speed --config configs/default.yaml   # a freshly built model of that config
+    python -m bench.model_speed --checkpoint runs/x/last.pt --onnx runs/x/model.onnx   # reuse its export
     python -m bench.model_speed --smoke     # a tiny freshly built model, to check the script works
 
 Exports the model twice with the same weights: as shipped (`InferenceGraph`: the
@@ -13,7 +14,8 @@ files taking turns, wall time and the process's CPU time per image (the latter h
 on a machine shared with other work). On generated test scenes and noise it checks
 that the labels are identical and reports the largest confidence difference; with
 ``--profile-runs`` it adds ONNX Runtime's profile: the share of kernel time of each
-operator type.
+operator type. ``--onnx`` takes the checkpoint's existing export (scene-export's
+``model.onnx``) as the shipped graph rather than tracing it again.
 """
 
 from __future__ import annotations
@@ -77,6 +79,19 @@ def kernel_shares(path: Path, image: npt.NDArray[np.uint8], threads: int, runs: 
     return {op: dur / whole for op, dur in totals.most_common()}
 
 
+def trace(graphs: dict[Path, type[InferenceGraph]], model: SceneModel, height: int, width: int) -> None:
+    """Export ``model`` wrapped in each graph type to its path. Tracing is single-threaded
+    Python: two or more trace side by side in processes of their own (spawned: forking a
+    process that has run torch can hang)."""
+    if len(graphs) == 1:
+        [(path, graph)] = graphs.items()
+        export_fp32(model, path, height, width, graph)
+        return
+    with ProcessPoolExecutor(len(graphs), mp_context=multiprocessing.get_context("spawn")) as pool:
+        for done in [pool.submit(export_fp32, model, path, height, width, g) for path, g in graphs.items()]:
+            done.result()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -86,44 +101,45 @@ def main(argv: list[str] | None = None) -> None:
     source_group.add_argument(
         "--config", type=Path, help="a training config: its model, freshly built (seed 0)"
     )
+    parser.add_argument(
+        "--onnx",
+        type=Path,
+        help="the --checkpoint's scene-export file, used as the last-axis graph instead of tracing it again",
+    )
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="ORT intra-op threads")
     parser.add_argument("--profile-runs", type=int, default=20, help="0: no ORT profile")
-    parser.add_argument("--smoke", action="store_true", help="a freshly built smoke-config model, few runs")
+    parser.add_argument(
+        "--smoke", action="store_true", help="few runs; without --checkpoint, a fresh smoke-config model"
+    )
     args = parser.parse_args(argv)
-    if args.smoke or args.config is not None:
-        config_path = REPO / "configs/smoke.yaml" if args.smoke else args.config
+    if args.onnx is not None and args.checkpoint is None:
+        parser.error("--onnx needs the --checkpoint it was exported from")
+    if args.checkpoint is not None:
+        model, state = model_from_checkpoint(args.checkpoint)
+        height, width = state["config"].data.height, state["config"].data.width
+        source = f"{args.checkpoint} (step {state['step']})"
+    elif args.smoke or args.config is not None:
+        config_path = args.config or REPO / "configs/smoke.yaml"
         config = load_config(config_path)
         torch.manual_seed(0)
         model = SceneModel(config.model).eval()
         height, width, source = config.data.height, config.data.width, f"freshly built model of {config_path}"
-        if args.smoke:
-            args.runs, args.profile_runs = 1, 2
-    elif args.checkpoint is None:
-        parser.error("give --checkpoint, --config or --smoke")
     else:
-        model, state = model_from_checkpoint(args.checkpoint)
-        height, width = state["config"].data.height, state["config"].data.width
-        source = f"{args.checkpoint} (step {state['step']})"
+        parser.error("give --checkpoint, --config or --smoke")
+    if args.smoke:
+        args.runs, args.profile_runs = 1, 2
     images = verification_images(height, width, scenes=4 if args.smoke else 30)
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = {
             "class axis (before)": Path(tmp) / "before.onnx",
-            "last axis (after)": Path(tmp) / "after.onnx",
+            "last axis (after)": args.onnx or Path(tmp) / "after.onnx",
         }
-        # Tracing is single-threaded Python: the two graphs trace side by side in two
-        # processes (spawned: forking a process that has run torch can hang).
-        with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-            traces = [
-                pool.submit(export_fp32, model, paths[name], height, width, graph)
-                for name, graph in (
-                    ("class axis (before)", SoftmaxConfidenceGraph),
-                    ("last axis (after)", InferenceGraph),
-                )
-            ]
-            for trace in traces:
-                trace.result()
+        graphs = {"class axis (before)": SoftmaxConfidenceGraph, "last axis (after)": InferenceGraph}
+        if args.onnx is not None:
+            del graphs["last axis (after)"]
+        trace({paths[name]: graph for name, graph in graphs.items()}, model, height, width)
         sessions = {name: session(path, args.threads) for name, path in paths.items()}
         outputs = {
             name: [s.run(list(OUTPUT_NAMES), {INPUT_NAME: images[i : i + 1]}) for i in range(len(images))]
