@@ -79,7 +79,9 @@ def kernel_shares(path: Path, image: npt.NDArray[np.uint8], threads: int, runs: 
     return {op: dur / whole for op, dur in totals.most_common()}
 
 
-def trace(graphs: dict[Path, type[InferenceGraph]], model: SceneModel, height: int, width: int) -> None:
+def export_graphs(
+    graphs: dict[Path, type[InferenceGraph]], model: SceneModel, height: int, width: int
+) -> None:
     """Export ``model`` wrapped in each graph type to its path. Tracing is single-threaded
     Python: two or more trace side by side in processes of their own (spawned: forking a
     process that has run torch can hang)."""
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         graphs = {"class axis (before)": SoftmaxConfidenceGraph, "last axis (after)": InferenceGraph}
         if args.onnx is not None:
             del graphs["last axis (after)"]
-        trace({paths[name]: graph for name, graph in graphs.items()}, model, height, width)
+        export_graphs({paths[name]: graph for name, graph in graphs.items()}, model, height, width)
         sessions = {name: session(path, args.threads) for name, path in paths.items()}
         outputs = {
             name: [s.run(list(OUTPUT_NAMES), {INPUT_NAME: images[i : i + 1]}) for i in range(len(images))]
