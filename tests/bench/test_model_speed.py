@@ -19,8 +19,8 @@ def test_model_speed_smoke_run_finds_identical_labels(
 
 
 def test_an_export_without_its_checkpoint_is_refused(
-    smoke_export: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit):
-        model_speed.main(["--smoke", "--onnx", str(smoke_export)])
+        model_speed.main(["--smoke", "--onnx", str(tmp_path / "model.onnx")])
     assert "--onnx needs the --checkpoint" in capsys.readouterr().err
