@@ -400,7 +400,7 @@ def test_two_jobs_train_every_run_once_in_worker_processes(
     config = toy_study(tmp_path, seeds=[1])  # two runs: one for each worker
     assert main(["--config", str(config), "--jobs", "2"]) == 0
     printed = capfd.readouterr().out  # the workers' lines come from other processes
-    threads = max(1, (os.cpu_count() or 1) // 2)
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)  # the cores this process may use
     assert f"training 2 runs at once, {threads} torch thread(s) each" in printed
     for arm in ("unweighted", "uncertainty"):
         run_dir = out / arm / "seed1"
