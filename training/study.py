@@ -3,6 +3,7 @@
     scene-study --config configs/study.yaml [--max-minutes M] [--max-runs N] [--jobs J]
     scene-study --config configs/study.yaml --pilot      # the seed-spread pilot first
     scene-study --config configs/study.yaml --report     # only (re)write the table and plots
+    scene-study --config configs/study.yaml --restore results.json  # go on from runs finished elsewhere
 
 A study config names a base training config with overrides, the seeds and the arms
 (single task, unweighted, a fixed-weight grid, the grid's best weights, learned
@@ -925,6 +926,61 @@ def _say_on_stdout(line: str) -> None:
     print(f"scene-study: {line}", flush=True)
 
 
+def restore_results(study: StudyConfig, source: Path, say: Callable[[str], None]) -> int:
+    """Seed the study's run folders from a ``results.json`` that `write_report` wrote elsewhere.
+
+    Each result of ``source`` that matches a planned run (arm, seed, grid point, pilot or
+    not) and agrees with this study on what makes runs comparable (the evaluation scenes,
+    the number of steps, the loss strategy) becomes that run's ``result.json``, marked
+    with ``restored_from``; the run then counts as finished. A pilot report also restores
+    its seed decision. Runs already finished here are kept. Training logs do not travel
+    in ``results.json``, so the σ plots draw only the runs trained here. Returns the
+    number of runs restored.
+    """
+    try:
+        report = json.loads(source.read_text())
+        results = report["results"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise StudyConfigError(f"--restore: {source} is not a scene-study results.json ({error})") from error
+    pilot = bool(report.get("pilot"))
+    if pilot:
+        decision = report["pilot"]
+        target = study.out / "pilot" / "pilot.json"
+        if decision.get("complete") and not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(json.dumps(decision, indent=1))
+            say(f"restored the pilot's decision: seeds {decision['seeds']}")
+    runs = plan(study, [] if pilot else study_seeds(study, say), pilot)
+    ev = study.evaluation
+    wanted_evaluation = {"split": ev.split, "seed": ev.seed, "count": ev.count}
+    restored = 0
+    for result in results:
+        key = (result["arm"], result["seed"], result["grid_point"], result["pilot"])
+        run = next((r for r in runs if (r.arm.name, r.seed, r.grid_point, r.pilot) == key), None)
+        name = f"{'pilot ' if result['pilot'] else ''}{result['arm']} seed {result['seed']}"
+        if run is None:
+            say(f"{name}: not a run of this study; skipped")
+            continue
+        if read_result(run.run_dir) is not None:
+            continue
+        config = training_config(study, run.arm, {}, seed=run.seed, run_dir=run.run_dir, pilot=run.pilot)
+        # Grid points and selected or scaled weights train with fixed weights whatever the arm's base.
+        derived = run.grid_point or run.arm.best_of or run.arm.total_weight
+        strategy = "fixed" if derived else config.loss.strategy
+        found = (result["evaluation"], result["steps"], result["strategy"])
+        if found != (wanted_evaluation, config.steps, strategy):
+            raise StudyConfigError(
+                f"--restore: {run.label} in {source} was trained or scored differently (evaluation, steps, "
+                f"strategy {found}) from what this study asks for ({wanted_evaluation}, {config.steps}, "
+                f"{strategy})"
+            )
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        (run.run_dir / RESULT).write_text(json.dumps(result | {"restored_from": str(source)}, indent=1))
+        restored += 1
+    say(f"restored {restored} finished run(s) from {source}")
+    return restored
+
+
 # ---------------------------------------------------------------- aggregation
 
 
@@ -1091,6 +1147,14 @@ def pilot_decision(pilot: Pilot, rows: list[dict[str, Any]], complete: bool) -> 
     }
 
 
+def _restored_text(results: list[dict[str, Any]]) -> str:
+    sources = sorted({r["restored_from"] for r in results if "restored_from" in r})
+    if not sources:
+        return ""
+    count = sum(1 for r in results if "restored_from" in r)
+    return f" {count} run(s) were trained elsewhere and restored from {', '.join(sources)}."
+
+
 def markdown(study: StudyConfig, report: dict[str, Any], pilot: bool) -> str:
     ev = study.evaluation
     lines = [
@@ -1099,7 +1163,7 @@ def markdown(study: StudyConfig, report: dict[str, Any], pilot: bool) -> str:
         f"{report['runs_finished']} of {report['runs_planned']} runs finished"
         + (f", {len(report['runs_failed'])} failed" if report["runs_failed"] else "")
         + f". Test: procedural `{ev.split}` split, seed {ev.seed}, {ev.count} scenes. "
-        "Mean ± standard deviation over seeds.",
+        "Mean ± standard deviation over seeds." + _restored_text(report["results"]),
         "",
         "| arm | weights sem / inst / depth | seeds | "
         + " | ".join(m[1] for m in TASK_METRICS.values())
@@ -1181,21 +1245,23 @@ def plot_sigmas(results: list[dict[str, Any]], out: Path) -> list[Path]:
     colours = dict(zip(TASKS, ("tab:blue", "tab:orange", "tab:green"), strict=True))
     for name in arms:
         fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-        for result in (r for r in results if r["arm"] == name):
+        logged = [r for r in results if r["arm"] == name and (_run_dir(out, r) / "log.csv").is_file()]
+        if not logged:
+            continue  # restored runs only: their logs stayed where they were trained
+        for result in logged:
             log = _run_dir(out, result) / "log.csv"
             with log.open(newline="") as f:
                 rows = list(csv.DictReader(f))
             steps = [int(row["step"]) for row in rows]
             for task in result["tasks"]:
-                label = (
-                    task if result["seed"] == min(r["seed"] for r in results if r["arm"] == name) else None
-                )
+                label = task if result["seed"] == min(r["seed"] for r in logged) else None
                 ax.plot(steps, [float(row[f"sigma_{task}"]) for row in rows], color=colours[task], alpha=0.7,
                         linewidth=1, label=label)  # fmt: skip
         ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_ylabel("σ = exp(s / 2)")
-        ax.set_title(f"{name}: learned σ per task (one line per seed)")
+        seeds = ", ".join(str(r["seed"]) for r in logged)
+        ax.set_title(f"{name}: learned σ per task (seeds {seeds}, one line each)")
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
@@ -1279,6 +1345,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--report", action="store_true", help="only write the table and plots from finished runs"
     )
+    parser.add_argument(
+        "--restore",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="first mark the runs of a results.json written elsewhere (another machine, an earlier "
+        "checkout) as finished here, then go on as usual",
+    )
     parser.add_argument("--max-minutes", type=float, help="start no training chunk after this many minutes")
     parser.add_argument("--max-runs", type=int, help="stop after finishing this many runs")
     parser.add_argument(
@@ -1293,6 +1366,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.jobs <= 0:
             raise StudyConfigError(f"--jobs: must be positive, got {args.jobs}")
         study = load_study(args.config)
+        if args.restore is not None:
+            restore_results(study, args.restore, _say_on_stdout)
         if args.report:
             write_report(study, pilot=args.pilot)
             done = True
