@@ -931,7 +931,7 @@ def restore_results(study: StudyConfig, source: Path, say: Callable[[str], None]
 
     Each result of ``source`` that matches a planned run (arm, seed, grid point, pilot or
     not) and agrees with this study on what makes runs comparable (the evaluation scenes,
-    the number of steps, the loss strategy) becomes that run's ``result.json``, marked
+    the number of steps, the loss strategy, fixed weights) becomes that run's ``result.json``, marked
     with ``restored_from``; the run then counts as finished. A pilot report also restores
     its seed decision. Runs already finished here are kept. Training logs do not travel
     in ``results.json``, so the σ plots draw only the runs trained here. Returns the
@@ -963,22 +963,33 @@ def restore_results(study: StudyConfig, source: Path, say: Callable[[str], None]
             continue
         if read_result(run.run_dir) is not None:
             continue
-        config = training_config(study, run.arm, {}, seed=run.seed, run_dir=run.run_dir, pilot=run.pilot)
-        # Grid points and selected or scaled weights train with fixed weights whatever the arm's base.
-        derived = run.grid_point or run.arm.best_of or run.arm.total_weight
-        strategy = "fixed" if derived else config.loss.strategy
+        try:
+            extra = run_settings(study, run)  # grid, selected or scaled weights
+        except WaitingError as waiting:
+            raise StudyConfigError(f"--restore: {run.label} cannot be checked: {waiting}") from waiting
+        config = training_config(study, run.arm, extra, seed=run.seed, run_dir=run.run_dir, pilot=run.pilot)
+        wanted = (wanted_evaluation, config.steps, config.loss.strategy)
         found = (result["evaluation"], result["steps"], result["strategy"])
-        if found != (wanted_evaluation, config.steps, strategy):
+        weights = dict(config.loss.weights) if config.loss.strategy == "fixed" else None
+        same_weights = _same_weights(weights, result["fixed_weights"])
+        if found != wanted or not same_weights:
             raise StudyConfigError(
                 f"--restore: {run.label} in {source} was trained or scored differently (evaluation, steps, "
-                f"strategy {found}) from what this study asks for ({wanted_evaluation}, {config.steps}, "
-                f"{strategy})"
+                f"strategy {found}, fixed weights {result['fixed_weights']}) from what this study asks for "
+                f"({wanted}, {weights})"
             )
         run.run_dir.mkdir(parents=True, exist_ok=True)
         (run.run_dir / RESULT).write_text(json.dumps(result | {"restored_from": str(source)}, indent=1))
         restored += 1
     say(f"restored {restored} finished run(s) from {source}")
     return restored
+
+
+def _same_weights(ours: dict[str, float] | None, theirs: dict[str, float] | None) -> bool:
+    """Equal fixed weights (both None for learned ones), up to the rounding of a JSON round trip."""
+    if ours is None or theirs is None:
+        return ours is theirs
+    return ours.keys() == theirs.keys() and all(math.isclose(ours[t], theirs[t], rel_tol=1e-6) for t in ours)
 
 
 # ---------------------------------------------------------------- aggregation

@@ -216,6 +216,16 @@ def test_results_from_a_study_with_another_schedule_are_not_restored(
     error = capsys.readouterr().err
     assert "unweighted seed 1" in error and "trained or scored differently" in error
     assert not list((tmp_path / "study").rglob("result.json"))
+    # The same schedule, but the unweighted arm now weighs two tasks: its results are not this arm's.
+    halves = {"loss.strategy": "fixed", "loss.weights": {"semantic": 0.5, "depth": 0.5}}
+    reweighted = toy_study(
+        tmp_path,
+        arms=[{"name": "unweighted", "overrides": halves}, {"name": "uncertainty", "overrides": {}}],
+    )
+    assert main(["--config", str(reweighted), "--restore", str(toy_run["out"] / "results.json")]) == 2
+    error = capsys.readouterr().err
+    assert "unweighted seed 1" in error and "{'depth': 0.5, 'semantic': 0.5})" in error
+    assert not list((tmp_path / "study").rglob("result.json"))
     (tmp_path / "broken.json").write_text("{}")
     assert main(["--config", str(config), "--restore", str(tmp_path / "broken.json")]) == 2
     assert "is not a scene-study results.json" in capsys.readouterr().err
