@@ -931,11 +931,12 @@ def restore_results(study: StudyConfig, source: Path, say: Callable[[str], None]
 
     Each result of ``source`` that matches a planned run (arm, seed, grid point, pilot or
     not) and agrees with this study on what makes runs comparable (the evaluation scenes,
-    the number of steps, the loss strategy, fixed weights) becomes that run's ``result.json``, marked
-    with ``restored_from``; the run then counts as finished. A pilot report also restores
-    its seed decision. Runs already finished here are kept. Training logs do not travel
-    in ``results.json``, so the σ plots draw only the runs trained here. Returns the
-    number of runs restored.
+    the number of steps, the loss strategy, the fixed weights) becomes that run's
+    ``result.json``, marked with ``restored_from``; the run then counts as finished. A
+    result that disagrees stops the restore with `StudyConfigError` (the ones before it,
+    which agreed, stay). A pilot report also restores its seed decision. Runs already
+    finished here are kept. Training logs do not travel in ``results.json``, so the σ
+    plots draw only the runs trained here. Returns the number of runs restored.
     """
     try:
         report = json.loads(source.read_text())
@@ -1255,10 +1256,10 @@ def plot_sigmas(results: list[dict[str, Any]], out: Path) -> list[Path]:
     )
     colours = dict(zip(TASKS, ("tab:blue", "tab:orange", "tab:green"), strict=True))
     for name in arms:
-        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
         logged = [r for r in results if r["arm"] == name and (_run_dir(out, r) / "log.csv").is_file()]
         if not logged:
             continue  # restored runs only: their logs stayed where they were trained
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
         for result in logged:
             log = _run_dir(out, result) / "log.csv"
             with log.open(newline="") as f:

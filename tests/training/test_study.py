@@ -207,7 +207,7 @@ def test_a_study_moved_to_a_new_machine_goes_on_from_its_committed_results(
     assert lines == ["4 of 4 runs finished; 0 to go"]
 
 
-def test_results_from_a_study_with_another_schedule_are_not_restored(
+def test_results_trained_differently_are_not_restored(
     toy_run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     overrides = {"steps": 3, "checkpoint_every": 1, "data.height": 32, "data.width": 64}
