@@ -28,6 +28,7 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import statistics
 import sys
 import time
@@ -895,22 +896,31 @@ def _run_in_parallel(
             raise
 
 
-# Set in each worker process by `_start_worker`: the parent's request to stop early.
+# Set in each worker process by `_start_worker`: the parent's request to stop early, and
+# the parent's process id (a worker whose parent has died stops at its next chunk).
 _stop_request: Any = None
+_parent_pid: int | None = None
 
 
 def _start_worker(threads: int, stop: Any) -> None:
-    global _stop_request
+    global _stop_request, _parent_pid
     torch.set_num_threads(threads)
     _stop_request = stop
+    _parent_pid = os.getppid()
+
+
+def _orphaned() -> bool:
+    """Whether this worker's parent has died (killed outright, with no chance to stop it)."""
+    return _parent_pid is not None and os.getppid() != _parent_pid
 
 
 @dataclass
 class _WorkerBudget(Budget):
-    """The parent's deadline, and spent as soon as the parent asks the workers to stop."""
+    """The parent's deadline, and spent as soon as the parent asks the workers to stop or dies."""
 
     def exhausted(self) -> bool:
-        return super().exhausted() or (_stop_request is not None and _stop_request.is_set())
+        stop_requested = _stop_request is not None and _stop_request.is_set()
+        return super().exhausted() or stop_requested or _orphaned()
 
 
 def _advance_in_worker(
@@ -1370,6 +1380,7 @@ def main(argv: list[str] | None = None) -> int:
         "--jobs", type=int, default=1, help="runs trained at once, each in its own process (default 1)"
     )
     args = parser.parse_args(argv)
+    previous: Any = None
     try:
         if args.max_minutes is not None and args.max_minutes <= 0:
             raise StudyConfigError(f"--max-minutes: must be positive, got {args.max_minutes}")
@@ -1378,6 +1389,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.jobs <= 0:
             raise StudyConfigError(f"--jobs: must be positive, got {args.jobs}")
         study = load_study(args.config)
+        # `kill` (SIGTERM) stops the study the way a deadline does: running workers finish
+        # their chunk, so its checkpoint is kept, and no worker goes on training alone.
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
         if args.restore is not None:
             restore_results(study, args.restore, _say_on_stdout)
         if args.report:
@@ -1389,9 +1403,17 @@ def main(argv: list[str] | None = None) -> int:
     except (StudyConfigError, ConfigError, CheckpointError, DataConfigError) as error:
         print(f"scene-study: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     root = study.out / "pilot" if args.pilot else study.out
     print(f"scene-study: table {root / 'table.md'}, raw results {root / 'results.json'}")
     return 0 if done else 3
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    _say_on_stdout("stopping (SIGTERM): running runs finish their chunk; the same command goes on later")
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

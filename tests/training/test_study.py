@@ -5,7 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +233,55 @@ def test_results_trained_differently_are_not_restored(
     (tmp_path / "broken.json").write_text("{}")
     assert main(["--config", str(config), "--restore", str(tmp_path / "broken.json")]) == 2
     assert "is not a scene-study results.json" in capsys.readouterr().err
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_worker_whose_study_died_stops_at_its_next_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed outright (SIGKILL), the study cannot tell its workers: each sees its parent change."""
+    from training import study
+
+    monkeypatch.setattr(study, "_parent_pid", os.getppid())
+    assert not study._WorkerBudget().exhausted()
+    monkeypatch.setattr(study, "_parent_pid", os.getppid() + 1)  # the parent it started under is gone
+    assert study._WorkerBudget().exhausted()
+
+
+def test_killing_a_parallel_study_stops_its_workers_too(toy_run: dict[str, Any], tmp_path: Path) -> None:
+    """SIGTERM to ``scene-study --jobs 2``: the workers stop after their chunk instead of
+    training on alone (they used to outlive the parent and could race a restarted study)."""
+    scenes = {"root": str(toy_run["out"].parent / "scenes"), "train": 8, "val": 2}
+    overrides = {"steps": 200, "checkpoint_every": 1, "data.height": 32, "data.width": 64}
+    arms = [{"name": "uncertainty", "overrides": {}}]
+    config = toy_study(tmp_path, scenes=scenes, overrides=overrides, arms=arms, comparisons=[])
+    command = [sys.executable, "-m", "training.study", "--config", str(config), "--jobs", "2"]
+    log = tmp_path / "study.log"
+    with log.open("w") as out:  # a file, not a pipe: a surviving worker must not block the test
+        study = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while ": step 1/200" not in log.read_text():
+            assert study.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        study.send_signal(signal.SIGTERM)
+        assert study.wait(timeout=60) == 128 + signal.SIGTERM, log.read_text()
+        assert "stopping (SIGTERM)" in log.read_text()
+        # Nothing of the study's process group is left training.
+        deadline = time.monotonic() + 10
+        while _group_alive(study.pid):
+            assert time.monotonic() < deadline, "a worker outlived the killed study"
+            time.sleep(0.2)
+    finally:
+        if _group_alive(study.pid):
+            os.killpg(study.pid, signal.SIGKILL)
+    steps = [load_checkpoint(path)["step"] for path in (tmp_path / "study").rglob("last.pt")]
+    assert steps and max(steps) < 200
 
 
 # ---------------------------------------------------------------- arithmetic, selection, rules
