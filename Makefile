@@ -11,14 +11,14 @@ test: $(STAMP) system-deps
 	$(BIN)/python -m pytest
 
 # The Debian tools some tests drive (headless Chromium, Prometheus with promtool,
-# docker-compose), installed here in the open rather than from inside the tests.
+# docker-compose, the hey load generator), installed here in the open rather than from inside the tests.
 # Nothing happens when they are present; installing needs root and apt-get.
-SYSTEM_TOOLS := chromium:chromium promtool:prometheus docker-compose:docker-compose
+SYSTEM_TOOLS := chromium:chromium promtool:prometheus docker-compose:docker-compose hey:hey
 system-deps:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \
 		command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair##*:}"; \
 	done; \
-	if [ -z "$$missing" ]; then echo "system-deps: chromium, promtool and docker-compose are present"; \
+	if [ -z "$$missing" ]; then echo "system-deps: chromium, promtool, docker-compose and hey are present"; \
 	else echo "system-deps: installing Debian packages:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 

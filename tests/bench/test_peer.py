@@ -1,20 +1,21 @@
 """The side-by-side benchmark against a naive server keeps working (figures: docs/benchmarks.md)."""
 
 import json
-import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from bench import peer
 
-NO_HEY = pytest.mark.skipif(shutil.which("hey") is None, reason="hey is not installed")
-GENERATORS = ["httpx", pytest.param("hey", marks=NO_HEY)]
 
-
-@pytest.mark.parametrize("generator", GENERATORS)
-def test_peer_smoke_run_reports_both_servers_without_errors(generator: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("generator", ["httpx", "hey"])
+def test_peer_smoke_run_reports_both_servers_without_errors(
+    generator: str, tmp_path: Path, system_tool: Callable[[str, str], str]
+) -> None:
+    if generator == "hey":
+        system_tool("hey", "hey")  # installed by `make system-deps`
     out = tmp_path / "peer.json"
     # With hey the naive server runs the int8 file; with httpx, by default, the same as scene-serve.
     fp32, int8 = peer.REPO / "models/default/model.onnx", peer.REPO / "models/default/model.int8.onnx"
