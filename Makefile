@@ -11,7 +11,8 @@ test: $(STAMP) system-deps
 	$(BIN)/python -m pytest
 
 # The Debian tools some tests drive (headless Chromium, Prometheus with promtool,
-# docker-compose, the hey load generator), installed here in the open rather than from inside the tests.
+# docker-compose, the hey load generator), installed here in the open rather than
+# from inside the tests.
 # Nothing happens when they are present; installing needs root and apt-get.
 SYSTEM_TOOLS := chromium:chromium promtool:prometheus docker-compose:docker-compose hey:hey
 system-deps:
