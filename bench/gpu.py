@@ -102,11 +102,11 @@ def export_models(folder: Path, dry_run: bool, model: Path | None = None) -> dic
 
     from model_export.export import convert_fp16, export_fp32
     from training.config import load_config
-    from training.model import SceneModel
+    from training.model import build_model
 
     config = load_config(REPO / ("configs/smoke.yaml" if dry_run else "configs/default.yaml"))
     torch.manual_seed(0)
-    fresh = SceneModel(config.model).eval()
+    fresh = build_model(config.model).eval()
     paths = {"fp32": folder / "model.onnx", "fp16": folder / "model.fp16.onnx"}
     export_fp32(fresh, paths["fp32"], config.data.height, config.data.width)
     convert_fp16(paths["fp32"], paths["fp16"])

@@ -40,7 +40,7 @@ from model_export.export import InferenceGraph, export_fp32, verification_images
 from scene_contract.model import INPUT_NAME, OUTPUT_NAMES
 from training.checkpoint import model_from_checkpoint
 from training.config import load_config
-from training.model import SceneModel, to_model_input
+from training.model import SceneNetwork, build_model, to_model_input
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,7 +80,7 @@ def kernel_shares(path: Path, image: npt.NDArray[np.uint8], threads: int, runs: 
 
 
 def export_graphs(
-    graphs: dict[Path, type[InferenceGraph]], model: SceneModel, height: int, width: int
+    graphs: dict[Path, type[InferenceGraph]], model: SceneNetwork, height: int, width: int
 ) -> None:
     """Export ``model`` wrapped in each graph type to its path. Tracing is single-threaded
     Python: two or more trace side by side in processes of their own (spawned: forking a
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         config_path = args.config or REPO / "configs/smoke.yaml"
         config = load_config(config_path)
         torch.manual_seed(0)
-        model = SceneModel(config.model).eval()
+        model = build_model(config.model).eval()
         height, width, source = config.data.height, config.data.width, f"freshly built model of {config_path}"
     else:
         parser.error("give --checkpoint, --config or --smoke")

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from training.config import TrainConfig, load_config
 from training.dataset import StepSampler, TaskDataset, batch_to, build_scenes
-from training.model import SceneModel, count_parameters
+from training.model import build_model, count_parameters
 from training.train import Objective, build_optimizer, build_weighting_from_config
 
 
@@ -37,7 +37,7 @@ def images_per_second(
 ) -> float:
     torch.manual_seed(0)
     device = torch.device("cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu")
-    model = SceneModel(config.model).to(device)
+    model = build_model(config.model).to(device)
     weighting = build_weighting_from_config(config.loss).to(device)
     objective = Objective(model, weighting)
     optimizer = build_optimizer(model, weighting, config)
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         [*args.overrides, "loss.strategy=fixed", "loss.weights={semantic: 1, instance: 0, depth: 0}"],
     )
     print(
-        f"{config.model.backbone}, {count_parameters(SceneModel(config.model)) / 1e6:.2f} M parameters, "
+        f"{config.model.backbone}, {count_parameters(build_model(config.model)) / 1e6:.2f} M parameters, "
         f"batch {config.batch_size} of {config.data.height}x{config.data.width}, "
         f"{config.data.workers} loader workers, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {platform.machine()}"

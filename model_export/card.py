@@ -14,7 +14,7 @@ from scene_contract.model import CARD_SCHEMA, INPUT_NAME, OUTPUT_NAMES, TASKS
 from training.config import TrainConfig, to_dict
 from training.data.classes import IGNORE_INDEX, class_table_json
 from training.data.sample import RESIZE
-from training.model import SceneModel
+from training.model import SceneNetwork
 
 OUTPUT_DESCRIPTIONS = {
     "semantic": "uint8 [N, H, W]: train id of the most likely class",
@@ -49,7 +49,7 @@ def data_terms(config: TrainConfig) -> list[str]:
 
 def build_model_card(
     state: dict[str, Any],
-    model: SceneModel,
+    model: SceneNetwork,
     *,
     precision: str,
     name: str,

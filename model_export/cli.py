@@ -26,7 +26,7 @@ from model_export.export import (
 from scene_contract.model import SAMPLES_DIR
 from training.checkpoint import CheckpointError, model_from_checkpoint
 from training.data.procedural import ProceduralScenes
-from training.model import SceneModel
+from training.model import SceneNetwork
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2 if isinstance(error, CheckpointError) else 1
 
 
-def _export(args: argparse.Namespace, model: SceneModel, state: dict[str, Any]) -> int:
+def _export(args: argparse.Namespace, model: SceneNetwork, state: dict[str, Any]) -> int:
     config = state["config"]
     height, width = config.data.height, config.data.width
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from scene_contract.model import INPUT_NAME, MAX_IR_VERSION, METADATA_KEY, OUTPUT_NAMES
 from training.data.procedural import ProceduralScenes
-from training.model import SceneModel, to_model_input
+from training.model import SceneNetwork, to_model_input
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class ExportError(RuntimeError):
 class InferenceGraph(nn.Module):
     """The model as served: ``uint8 [N, H, W, 3]`` in, the four contract outputs out."""
 
-    def __init__(self, model: SceneModel) -> None:
+    def __init__(self, model: SceneNetwork) -> None:
         super().__init__()
         self.model = model
 
@@ -52,7 +52,11 @@ class InferenceGraph(nn.Module):
 
 
 def export_fp32(
-    model: SceneModel, path: Path, height: int, width: int, graph_type: type[InferenceGraph] = InferenceGraph
+    model: SceneNetwork,
+    path: Path,
+    height: int,
+    width: int,
+    graph_type: type[InferenceGraph] = InferenceGraph,
 ) -> None:
     """Trace ``model``, wrapped in ``graph_type``, to ONNX at ``path`` with dynamic batch, height, width."""
     graph = graph_type(model).eval()
@@ -223,7 +227,7 @@ def verification_images(height: int, width: int, scenes: int = 4, seed: int = 0)
 
 
 def verify(
-    path: Path, model: SceneModel, images: npt.NDArray[np.uint8], precision: str, batch_size: int = 2
+    path: Path, model: SceneNetwork, images: npt.NDArray[np.uint8], precision: str, batch_size: int = 2
 ) -> Verification:
     """Run ``path`` in ONNX Runtime on the CPU and PyTorch on ``images``; compare every output."""
     import onnxruntime as ort

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from training.config import ConfigError, TrainConfig, from_dict, to_dict
-from training.model import SceneModel
+from training.model import SceneNetwork, build_model
 
 FORMAT = "scene-mtl/checkpoint-v1"
 
@@ -85,12 +85,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def model_from_checkpoint(path: str | Path) -> tuple[SceneModel, dict[str, Any]]:
+def model_from_checkpoint(path: str | Path) -> tuple[SceneNetwork, dict[str, Any]]:
     """The trained model in eval mode, and the checkpoint's other contents."""
     state = load_checkpoint(path)
     config: TrainConfig = state["config"]
     model_config = config.model
-    model = SceneModel(model_config)
+    model = build_model(model_config)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:

@@ -19,7 +19,8 @@ from typing import Any
 import yaml
 
 from scene_contract.model import TASKS
-from training.model import BACKBONES, ModelConfig
+from training.espnetv2 import WIDTHS
+from training.model import BACKBONE_NAMES, ESPNETV2, ModelConfig
 
 DATA_SOURCES: tuple[str, ...] = ("procedural", "camvid", "cityscapes", "disk")
 
@@ -179,9 +180,13 @@ class TrainConfig:
                 raise ConfigError(f"{key}: must be >= 0 (0 = never), got {value}")
         if self.stop_at is not None and not 0 < self.stop_at <= self.steps:
             raise ConfigError(f"stop_at: must be between 1 and steps={self.steps}, got {self.stop_at}")
-        if self.model.backbone not in BACKBONES:
+        if self.model.backbone not in BACKBONE_NAMES:
             raise ConfigError(
-                f"model.backbone: unknown backbone {self.model.backbone!r}; valid: {', '.join(BACKBONES)}"
+                f"model.backbone: unknown backbone {self.model.backbone!r}; valid: {', '.join(BACKBONE_NAMES)}"
+            )
+        if self.model.backbone == ESPNETV2 and self.model.width not in WIDTHS:
+            raise ConfigError(
+                f"model.width: ESPNetv2 comes in widths {sorted(WIDTHS)}, got {self.model.width}"
             )
         if self.data.source not in DATA_SOURCES:
             raise ConfigError(

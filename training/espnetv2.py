@@ -225,7 +225,7 @@ def resize_bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def channel_shuffle(x: Tensor, groups: int) -> Tensor:
-    """Interleave ``groups`` channel groups: ``[g0c0, g0c1, .., g1c0, ..]`` → ``[g0c0, g1c0, .., g0c1, ..]``."""
+    """Interleave ``groups`` channel groups: ``[a0, a1, .., b0, b1, ..]`` → ``[a0, b0, .., a1, b1, ..]``."""
     n, c, h, w = x.shape
     return x.reshape(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
@@ -287,26 +287,49 @@ class GatedSkip(nn.Module):
 
 
 class SegmentationDecoder(nn.Module):
-    """ESPNetv2's decoder: encoder features → ``[N, out_channels, H/2, W/2]`` (stride 2).
+    """ESPNetv2's decoder: encoder features → ``[N, out_channels, H/s, W/s]``, s = ``finest_stride``.
 
-    Bottom-up from stride 16: pyramid pooling, then three times: upsample 2x, add the
-    gated skip from the encoder level at that stride, normalise, pyramid pooling.
+    Bottom-up from stride 16: pyramid pooling, then at each finer stride down to
+    ``finest_stride``: upsample 2x, add the gated skip from the encoder level at that
+    stride, normalise, pyramid pooling. The published decoder goes down to stride 2;
+    stopping at stride 4 skips its most expensive block (a pyramid at stride 2 samples
+    up to the full input size), for outputs smooth enough to upsample.
     """
 
-    def __init__(self, encoder_channels: tuple[int, int, int, int], out_channels: int, proj: int = 10) -> None:
+    def __init__(
+        self,
+        encoder_channels: tuple[int, int, int, int],
+        out_channels: int,
+        proj: int = 10,
+        finest_stride: int = 2,
+    ) -> None:
         super().__init__()
+        if finest_stride not in (2, 4):
+            raise ValueError(f"finest_stride must be 2 or 4, got {finest_stride}")
+        self.finest_stride = finest_stride
         c1, c2, c3, c4 = encoder_channels
         d1, d2, d3 = 4 * DECODER_BASE, 3 * DECODER_BASE, 2 * DECODER_BASE
         self.pyramid16 = PyramidPooling(c4, proj, d1)
         self.skip8, self.norm8, self.pyramid8 = GatedSkip(c3, d1), BNPReLU(d1), PyramidPooling(d1, proj, d2)
-        self.skip4, self.norm4, self.pyramid4 = GatedSkip(c2, d2), BNPReLU(d2), PyramidPooling(d2, proj, d3)
+        self.skip4, self.norm4 = GatedSkip(c2, d2), BNPReLU(d2)
+        if finest_stride == 4:
+            self.pyramid4 = PyramidPooling(d2, proj, out_channels, normalize_output=False)
+            return
+        self.pyramid4 = PyramidPooling(d2, proj, d3)
         self.skip2, self.norm2 = GatedSkip(c1, d3), BNPReLU(d3)
         self.pyramid2 = PyramidPooling(d3, proj, out_channels, normalize_output=False)
+
+    @property
+    def classifier(self) -> nn.Conv2d:
+        """The last layer, whose output channels are the decoder's outputs."""
+        return self.pyramid2.out if self.finest_stride == 2 else self.pyramid4.out
 
     def forward(self, features: EncoderFeatures) -> Tensor:
         x = self.pyramid16(features.stride16)
         x = self.pyramid8(self._merge(x, features.stride8, self.skip8, self.norm8))
         x = self.pyramid4(self._merge(x, features.stride4, self.skip4, self.norm4))
+        if self.finest_stride == 4:
+            return x
         return self.pyramid2(self._merge(x, features.stride2, self.skip2, self.norm2))
 
     @staticmethod
@@ -321,12 +344,14 @@ def pyramid_projection(classes: int) -> int:
 
 
 class ESPNetv2Segmentation(nn.Module):
-    """Encoder + decoder, the published network: normalised ``[N, 3, H, W]`` → logits ``[N, classes, H, W]``."""
+    """The published network: normalised ``[N, 3, H, W]`` → logits ``[N, classes, H, W]``."""
 
     def __init__(self, width: float = 2.0, classes: int = PUBLISHED_CLASSES) -> None:
         super().__init__()
         self.encoder = ESPNetv2Encoder(width)
-        self.decoder = SegmentationDecoder(self.encoder.channels, classes, pyramid_projection(PUBLISHED_CLASSES))
+        self.decoder = SegmentationDecoder(
+            self.encoder.channels, classes, pyramid_projection(PUBLISHED_CLASSES)
+        )
 
     def forward(self, image: Tensor) -> Tensor:
         size = (int(image.shape[2]), int(image.shape[3]))

@@ -1,9 +1,15 @@
-"""The three-head scene model: shared dilated encoder + ASPP, one decoder per task.
+"""The three-head scene models: one shared encoder, one decoder per task.
 
-Architecture as in Kendall, Gal & Cipolla (2018), appendix A: a DeepLabV3 encoder
-(a backbone with dilated convolutions and atrous spatial pyramid pooling) shared
-by three decoders, each a 3x3 convolution to 256 channels, batch norm, ReLU and a
-1x1 convolution to the task's outputs, upsampled bilinearly to the input size.
+Two families, chosen by ``model.backbone`` (`build_model`):
+
+- `SceneModel`: as in Kendall, Gal & Cipolla (2018), appendix A: a DeepLabV3 encoder
+  (a backbone with dilated convolutions and atrous spatial pyramid pooling) shared by
+  three decoders, each a 3x3 convolution to 256 channels, batch norm, ReLU and a 1x1
+  convolution to the task's outputs, upsampled bilinearly to the input size.
+- `ESPNetv2SceneModel` (``backbone: espnetv2``): the ESPNetv2 encoder shared by three
+  pyramid-pooling decoders with skips from the encoder's finer levels; the semantic
+  one is the published Cityscapes decoder (down to stride 2), the instance and depth
+  ones stop at stride 4.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
 from training.data.classes import NUM_CLASSES
+from training.espnetv2 import ESPNetv2Encoder, ESPNetv2Segmentation, SegmentationDecoder, resize_bilinear
 
 # ImageNet statistics: the convention of torchvision backbones, so local weight files trained that way fit.
 IMAGE_MEAN = (0.485, 0.456, 0.406)
@@ -31,14 +38,19 @@ class ModelConfig:
     """The model's shape; stored in every checkpoint so it can be rebuilt from it alone.
 
     Attributes:
-        backbone: one of `BACKBONES`.
+        backbone: one of `BACKBONES`, or ``espnetv2``.
         num_classes: semantic output channels.
         aspp_rates: dilation rates of ASPP's three 3x3 branches (paper: 12, 24, 36
             at output stride 8).
         aspp_channels: width of each ASPP branch and of its output (paper: 256).
         decoder_channels: width of each task decoder's hidden layer (paper: 256).
         backbone_weights: optional local file of backbone weights (a state dict);
-            nothing is ever downloaded.
+            nothing is ever downloaded. For ``espnetv2``, the published Cityscapes
+            segmentation weights (encoder and decoder, `training.pretrained`).
+        backbone_sha256: the sha256 the ``backbone_weights`` file must have (``null``:
+            not checked).
+        width: ESPNetv2's width multiplier s (1.0 or 2.0; ``espnetv2`` only).
+        aspp_rates, aspp_channels, decoder_channels: `SceneModel` only.
     """
 
     backbone: str = "mobilenet_v3_large"
@@ -47,6 +59,8 @@ class ModelConfig:
     aspp_channels: int = 256
     decoder_channels: int = 256
     backbone_weights: str | None = None
+    backbone_sha256: str | None = None
+    width: float = 2.0
 
 
 def _resnet(builder: Callable[..., nn.Module]) -> Callable[[], tuple[nn.Module, int, int]]:
@@ -70,6 +84,9 @@ BACKBONES: dict[str, Callable[[], tuple[nn.Module, int, int]]] = {
     "resnet50": _resnet(resnet50),
     "resnet101": _resnet(resnet101),
 }
+ESPNETV2 = "espnetv2"
+# Every valid ``model.backbone``: the DeepLab backbones, then ESPNetv2 with its own decoders.
+BACKBONE_NAMES: tuple[str, ...] = (*BACKBONES, ESPNETV2)
 
 
 class TaskDecoder(nn.Sequential):
@@ -107,6 +124,8 @@ class SceneModel(nn.Module):
 
     mean: Tensor
     std: Tensor
+    # Works at any input size whose sides are multiples of `output_stride`.
+    fixed_input_size = False
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -142,6 +161,85 @@ class SceneModel(nn.Module):
             "instance_offsets": decode(self.instance_head),
             "inverse_depth": decode(self.depth_head),
         }
+
+
+class ESPNetv2SceneModel(nn.Module):
+    """Semantic, instance and depth prediction from one ESPNetv2 encoder.
+
+    The same contract as `SceneModel`: ``float32 [N, 3, H, W]`` RGB in [0, 1] in;
+    ``semantic_logits`` ``[N, C, H, W]``, ``instance_offsets`` ``[N, 2, H, W]`` (pixels,
+    (dy, dx) to the instance's centroid) and ``inverse_depth`` ``[N, 1, H, W]`` (1/m) out.
+
+    The semantic decoder predicts at stride 2, the instance and depth decoders at
+    stride 4 (the published decoder's stride-2 block costs as much as the encoder; offsets
+    and depth are smooth enough to upsample), each upsampled to the input size. With
+    ``backbone_weights`` the encoder and the semantic decoder start as the published
+    Cityscapes network (its first 19 output channels are this project's class table);
+    the instance and depth decoders start as copies of its blocks down to stride 4, with
+    a new output layer, zero at first, so the shared features meet no random gradients
+    early on.
+
+    Resampling sizes are computed from the input shape when traced, so an exported
+    graph is valid at its traced size only (``fixed_input_size``; `training.espnetv2`).
+    """
+
+    mean: Tensor
+    std: Tensor
+    output_stride = 16
+    fixed_input_size = True
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = ESPNetv2Encoder(config.width)
+        channels = self.encoder.channels
+        self.semantic_decoder = SegmentationDecoder(channels, config.num_classes)
+        self.instance_decoder = SegmentationDecoder(channels, 2, finest_stride=4)
+        self.depth_decoder = SegmentationDecoder(channels, 1, finest_stride=4)
+        if config.backbone_weights:
+            self._start_from_published(Path(config.backbone_weights), config.backbone_sha256)
+        for decoder in (self.instance_decoder, self.depth_decoder):
+            nn.init.zeros_(decoder.classifier.weight)
+            assert decoder.classifier.bias is not None
+            nn.init.zeros_(decoder.classifier.bias)
+        self.register_buffer("mean", torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1), persistent=False)
+
+    def _start_from_published(self, path: Path, sha256: str | None) -> None:
+        from training.pretrained import load_published, read_published
+
+        published = ESPNetv2Segmentation(self.config.width, self.config.num_classes)
+        load_published(published, read_published(path, sha256), self.config.num_classes)
+        self.encoder.load_state_dict(published.encoder.state_dict())
+        self.semantic_decoder.load_state_dict(published.decoder.state_dict())
+        for decoder in (self.instance_decoder, self.depth_decoder):
+            own = decoder.state_dict()
+            # Every block down to stride 4 but the new output layer.
+            shared = {
+                k: v
+                for k, v in published.decoder.state_dict().items()
+                if k in own and not k.startswith("pyramid4.out")
+            }
+            decoder.load_state_dict(shared, strict=False)
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        features = self.encoder((images - self.mean) / self.std)
+        return {
+            "semantic_logits": resize_bilinear(self.semantic_decoder(features), size),
+            "instance_offsets": resize_bilinear(self.instance_decoder(features), size),
+            "inverse_depth": resize_bilinear(self.depth_decoder(features), size),
+        }
+
+
+SceneNetwork = SceneModel | ESPNetv2SceneModel
+
+
+def build_model(config: ModelConfig) -> SceneNetwork:
+    """The network ``config`` describes (`SceneModel` or `ESPNetv2SceneModel`)."""
+    if config.backbone == ESPNETV2:
+        return ESPNetv2SceneModel(config)
+    return SceneModel(config)
 
 
 def load_backbone_weights(backbone: nn.Module, path: Path) -> None:

@@ -160,7 +160,11 @@ def load_published(module: nn.Module, published: dict[str, Tensor], classes: int
             f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}), {len(unexpected)} unknown "
             f"({', '.join(unexpected[:4])}{', ...' if len(unexpected) > 4 else ''})"
         )
-    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in ours.items() if v.shape != own[k].shape]
+    wrong = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in ours.items() if v.shape != own[k].shape
+    ]
     if wrong:
-        raise PretrainedWeightsError(f"the weights do not fit ESPNetv2 (wrong shapes): {'; '.join(wrong[:4])}")
+        raise PretrainedWeightsError(
+            f"the weights do not fit ESPNetv2 (wrong shapes): {'; '.join(wrong[:4])}"
+        )
     module.load_state_dict(ours, strict=True)

@@ -42,7 +42,7 @@ from training.dataset import (
 )
 from training.evaluate import evaluate
 from training.losses import labelled_tasks, task_losses
-from training.model import SceneModel
+from training.model import SceneNetwork, build_model
 from training.weighting import LossWeighting, NonFiniteLossError, build_weighting, check_finite
 
 LOG_COLUMNS = (
@@ -76,7 +76,7 @@ class Placement:
 class Objective(nn.Module):
     """Model + loss weighting as one module, so DDP also averages the gradients of the learned s_i."""
 
-    def __init__(self, model: SceneModel, weighting: LossWeighting) -> None:
+    def __init__(self, model: SceneNetwork, weighting: LossWeighting) -> None:
         super().__init__()
         self.model = model
         self.weighting = weighting
@@ -187,7 +187,7 @@ def setup_placement(config: TrainConfig) -> Placement:
 class TrainingState:
     """What a run trains and checkpoints: the network, its loss weighting and their optimiser."""
 
-    model: SceneModel
+    model: SceneNetwork
     weighting: LossWeighting
     optimizer: torch.optim.SGD
 
@@ -213,7 +213,7 @@ def train(config: TrainConfig, placement: Placement) -> dict[str, Any]:
 
 def build_training_state(config: TrainConfig, placement: Placement) -> TrainingState:
     try:
-        model = SceneModel(config.model).to(placement.device)
+        model = build_model(config.model).to(placement.device)
     except (FileNotFoundError, ValueError) as error:
         raise ConfigError(str(error)) from None
     if placement.on_cuda:
@@ -372,7 +372,7 @@ def checkpoint_and_evaluate(
 
 
 def validate(
-    config: TrainConfig, placement: Placement, model: SceneModel, progress: bool = False
+    config: TrainConfig, placement: Placement, model: SceneNetwork, progress: bool = False
 ) -> dict[str, Any]:
     return evaluate(
         model,
