@@ -19,6 +19,8 @@ from typing import Any
 import yaml
 
 from scene_contract.model import TASKS
+from training.class_weights import CLASS_WEIGHTINGS
+from training.data.pseudo_depth import GroundCamera
 from training.espnetv2 import WIDTHS
 from training.model import BACKBONE_NAMES, ESPNETV2, ModelConfig
 
@@ -27,6 +29,27 @@ DATA_SOURCES: tuple[str, ...] = ("procedural", "camvid", "cityscapes", "disk")
 
 class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the key."""
+
+
+@dataclass
+class PseudoDepthConfig:
+    """Geometric pseudo-depth for real frames without depth (`training.data.pseudo_depth`).
+
+    Attributes:
+        enabled: give CamVid frames the pseudo-depth of their labels as depth targets.
+        horizon, focal_ratio, camera_height_m: the assumed camera (`GroundCamera`):
+            horizon row as a fraction of the height, focal length over the width, metres.
+    """
+
+    enabled: bool = False
+    horizon: float = 0.49
+    focal_ratio: float = 0.8
+    camera_height_m: float = 1.3
+
+    def camera(self) -> GroundCamera | None:
+        if not self.enabled:
+            return None
+        return GroundCamera(horizon=self.horizon, focal_ratio=self.focal_ratio, height_m=self.camera_height_m)
 
 
 @dataclass
@@ -56,6 +79,10 @@ class DataConfig:
             training size before a random crop (see `training.data.augment`).
         color_jitter: real frames only: brightness/contrast/saturation jitter.
         workers: DataLoader worker processes.
+        pseudo_depth: depth targets for CamVid frames (`PseudoDepthConfig`).
+        crop: train on random ``[height, width]`` windows of each sample at the
+            training size (fewer pixels a step; the network is fully convolutional);
+            ``null``: whole samples. Evaluation always sees the whole training size.
     """
 
     source: str = "procedural"
@@ -72,6 +99,8 @@ class DataConfig:
     scale_range: list[float] = field(default_factory=lambda: [0.75, 1.75])
     color_jitter: float = 0.3
     workers: int = 2
+    pseudo_depth: PseudoDepthConfig = field(default_factory=PseudoDepthConfig)
+    crop: list[int] | None = None
 
     def sources(self) -> dict[str, float]:
         """Source name -> normalised share of each batch (``source`` alone when ``mix`` is empty)."""
@@ -79,6 +108,10 @@ class DataConfig:
             return {self.source: 1.0}
         total = sum(self.mix.values())
         return {name: share / total for name, share in self.mix.items()}
+
+    def crop_size(self) -> tuple[int, int] | None:
+        """``crop`` as ``(height, width)``, or ``None``."""
+        return None if self.crop is None else (self.crop[0], self.crop[1])
 
     def resolved_camvid_root(self) -> str:
         """``camvid_root``, else ``SCENE_CAMVID_ROOT``; `ConfigError` naming both if neither is set."""
@@ -126,6 +159,9 @@ class LossConfig:
         init_log_variance: initial s_i = log σ_i² of the uncertainty strategies.
         weights: per-task weights of ``fixed``; zero turns a task off.
         dwa_temperature, dwa_window: DWA's temperature and averaging window in steps.
+        class_weighting: per-class weights of the semantic loss, one of
+            `training.class_weights.CLASS_WEIGHTINGS`, counted over the CamVid training
+            frames (so it needs CamVid in the mix); ``none``: unweighted.
     """
 
     strategy: str = "uncertainty"
@@ -134,6 +170,7 @@ class LossConfig:
     weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TASKS, 1 / len(TASKS)))
     dwa_temperature: float = 2.0
     dwa_window: int = 50
+    class_weighting: str = "none"
 
 
 @dataclass
@@ -182,7 +219,8 @@ class TrainConfig:
             raise ConfigError(f"stop_at: must be between 1 and steps={self.steps}, got {self.stop_at}")
         if self.model.backbone not in BACKBONE_NAMES:
             raise ConfigError(
-                f"model.backbone: unknown backbone {self.model.backbone!r}; valid: {', '.join(BACKBONE_NAMES)}"
+                f"model.backbone: unknown backbone {self.model.backbone!r}; "
+                f"valid: {', '.join(BACKBONE_NAMES)}"
             )
         if self.model.backbone == ESPNETV2 and self.model.width not in WIDTHS:
             raise ConfigError(
@@ -218,6 +256,28 @@ class TrainConfig:
         if len(self.data.scale_range) != 2 or not 0 < self.data.scale_range[0] <= self.data.scale_range[1]:
             raise ConfigError(
                 f"data.scale_range: expected [low, high] with 0 < low <= high, got {self.data.scale_range}"
+            )
+        if self.loss.class_weighting not in CLASS_WEIGHTINGS:
+            raise ConfigError(
+                f"loss.class_weighting: {self.loss.class_weighting!r} is not one of "
+                f"{', '.join(CLASS_WEIGHTINGS)}"
+            )
+        if self.loss.class_weighting != "none" and "camvid" not in sources:
+            raise ConfigError(
+                "loss.class_weighting: the weights are counted on CamVid; add camvid to data.mix"
+            )
+        crop = self.data.crop
+        if crop is not None and (
+            len(crop) != 2 or not (0 < crop[0] <= self.data.height and 0 < crop[1] <= self.data.width)
+        ):
+            raise ConfigError(
+                f"data.crop: expected [height, width] within the training size "
+                f"{self.data.height}x{self.data.width}, got {crop}"
+            )
+        depth = self.data.pseudo_depth
+        if not 0 < depth.horizon < 1 or depth.focal_ratio <= 0 or depth.camera_height_m <= 0:
+            raise ConfigError(
+                "data.pseudo_depth: horizon must lie in (0, 1), focal_ratio and camera_height_m be positive"
             )
         if not 0 <= self.data.color_jitter < 1:
             raise ConfigError(f"data.color_jitter: must lie in [0, 1), got {self.data.color_jitter}")

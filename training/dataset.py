@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from training.config import DataConfig
-from training.data.augment import RealFrameAugment
+from training.data.augment import RealFrameAugment, crop_or_pad
 from training.data.camvid import CamVidScenes
 from training.data.cityscapes import CityscapesScenes
 from training.data.disk import DiskScenes
@@ -38,7 +38,13 @@ def build_scenes(config: DataConfig, split: str, source: str | None = None) -> S
         assert config.root is not None
         return CityscapesScenes(config.root, split=split, height=height, width=width)
     if source == "camvid":
-        return CamVidScenes(config.resolved_camvid_root(), split=split, height=height, width=width)
+        return CamVidScenes(
+            config.resolved_camvid_root(),
+            split=split,
+            height=height,
+            width=width,
+            pseudo_depth=config.pseudo_depth.camera(),
+        )
     if source == "disk":
         assert config.disk_root is not None
         return _disk_scenes(Path(config.disk_root) / split, height, width)
@@ -187,7 +193,9 @@ def build_training_sources(config: DataConfig, batch_size: int) -> list[Training
         # frames are read at the training size (no full-size read to crop from).
         if name == "camvid":
             low, high = config.scale_range
-            augment = RealFrameAugment(config.height, config.width, (low, high), config.color_jitter)
+            augment = RealFrameAugment(
+                config.height, config.width, (low, high), config.color_jitter, config.crop_size()
+            )
         sources.append(TrainingSource(name, build_scenes(config, "train", name), count, augment))
     return sources
 
@@ -200,8 +208,8 @@ class MixedTaskDataset(Dataset[dict[str, Tensor]]):
     same crops and colours as an uninterrupted one.
     """
 
-    def __init__(self, sources: list[TrainingSource], seed: int) -> None:
-        self.sources, self.seed = sources, seed
+    def __init__(self, sources: list[TrainingSource], seed: int, crop: tuple[int, int] | None = None) -> None:
+        self.sources, self.seed, self.crop = sources, seed, crop
 
     def __len__(self) -> int:
         return sum(len(source.scenes) for source in self.sources)
@@ -209,13 +217,15 @@ class MixedTaskDataset(Dataset[dict[str, Tensor]]):
     def __getitem__(self, key: tuple[int, int, bool, int]) -> dict[str, Tensor]:
         source_index, index, flip, position = key
         source = self.sources[source_index]
+        rng = np.random.Generator(
+            np.random.PCG64(np.random.SeedSequence(self.seed, spawn_key=(source_index, position, 2)))
+        )
         if source.augment is not None:
-            rng = np.random.Generator(
-                np.random.PCG64(np.random.SeedSequence(self.seed, spawn_key=(source_index, position, 2)))
-            )
             sample = source.augment(source.scenes.read(index), rng)  # type: ignore[attr-defined]
         else:
             sample = source.scenes[index]
+            if self.crop is not None:
+                sample = crop_or_pad(sample, *self.crop, rng)
         return _task_item(flip_sample(sample) if flip else sample)
 
 

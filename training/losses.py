@@ -31,20 +31,25 @@ def _masked_mean(per_pixel: Tensor, mask: Tensor) -> Tensor:
     return selected.sum() / mask.sum().clamp(min=1)
 
 
-def semantic_loss(logits: Tensor, target: Tensor) -> Tensor:
-    """Cross-entropy averaged over labelled pixels.
+def semantic_loss(logits: Tensor, target: Tensor, class_weights: Tensor | None = None) -> Tensor:
+    """Cross-entropy averaged over labelled pixels, each weighted by its class's weight.
 
     Args:
         logits: ``float [N, C, H, W]`` unnormalised class scores.
         target: ``int64 [N, H, W]`` train ids, ``IGNORE_INDEX`` (255) where unlabelled.
+        class_weights: ``float [C]`` (`training.class_weights`); ``None``: all 1.
 
     Returns:
-        Scalar tensor, nats per labelled pixel; 0 if no pixel is labelled.
+        Scalar tensor, nats per (weighted) labelled pixel; 0 if no pixel is labelled.
     """
-    # A "sum" reduction divided by our own count: the built-in "mean" returns nan when
-    # every pixel is ignored.
-    total = cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
-    return total / (target != IGNORE_INDEX).sum().clamp(min=1)
+    # A "sum" reduction divided by our own total weight: the built-in "mean" returns nan
+    # when every pixel is ignored.
+    total = cross_entropy(logits, target, weight=class_weights, ignore_index=IGNORE_INDEX, reduction="sum")
+    labelled = target != IGNORE_INDEX
+    if class_weights is None:
+        return total / labelled.sum().clamp(min=1)
+    pixel_weights = class_weights[torch.where(labelled, target, 0)]
+    return total / torch.where(labelled, pixel_weights, 0).sum().clamp(min=1e-6)
 
 
 def instance_loss(pred_offsets: Tensor, target: Tensor, mask: Tensor) -> Tensor:
@@ -94,7 +99,10 @@ def labelled_tasks(targets: dict[str, Tensor], tasks: tuple[str, ...] = TASKS) -
 
 
 def task_losses(
-    outputs: dict[str, Tensor], targets: dict[str, Tensor], tasks: tuple[str, ...] = TASKS
+    outputs: dict[str, Tensor],
+    targets: dict[str, Tensor],
+    tasks: tuple[str, ...] = TASKS,
+    class_weights: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """The loss of each task in ``tasks``, keyed by task name (see ``weighting.TASKS``).
 
@@ -105,13 +113,14 @@ def task_losses(
         targets: ``training.targets.build_targets`` output collated to tensors with a
             batch dimension.
         tasks: which losses to compute; a subset of ``TASKS``.
+        class_weights: the semantic loss's per-class weights (`semantic_loss`).
     """
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
         raise ValueError(f"unknown tasks {unknown}; valid tasks: {', '.join(TASKS)}")
     losses: dict[str, Tensor] = {}
     if "semantic" in tasks:
-        losses["semantic"] = semantic_loss(outputs["semantic_logits"], targets["semantic"])
+        losses["semantic"] = semantic_loss(outputs["semantic_logits"], targets["semantic"], class_weights)
     if "instance" in tasks:
         losses["instance"] = instance_loss(
             outputs["instance_offsets"], targets["instance_offsets"], targets["instance_mask"]

@@ -31,7 +31,10 @@ from tqdm import tqdm
 
 from scene_contract.model import TASKS
 from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from training.class_weights import class_weights, pixel_counts
 from training.config import ConfigError, LossConfig, OptimConfig, TrainConfig, load_config
+from training.data.camvid import CamVidScenes
+from training.data.classes import CLASSES
 from training.data.sample import DataConfigError
 from training.dataset import (
     MixedStepSampler,
@@ -76,16 +79,23 @@ class Placement:
 class Objective(nn.Module):
     """Model + loss weighting as one module, so DDP also averages the gradients of the learned s_i."""
 
-    def __init__(self, model: SceneNetwork, weighting: LossWeighting) -> None:
+    class_weights: Tensor | None
+
+    def __init__(
+        self, model: SceneNetwork, weighting: LossWeighting, class_weights: Tensor | None = None
+    ) -> None:
         super().__init__()
         self.model = model
         self.weighting = weighting
+        self.register_buffer("class_weights", class_weights, persistent=False)
 
     def forward(self, batch: dict[str, Tensor], autocast: Any) -> tuple[Tensor, dict[str, Tensor]]:
         with autocast:
             outputs = self.model(batch["image"])
         # Losses in float32 whatever the autocast precision.
-        losses = task_losses({k: v.float() for k, v in outputs.items()}, batch)
+        losses = task_losses(
+            {k: v.float() for k, v in outputs.items()}, batch, class_weights=self.class_weights
+        )
         tasks = self.weighting.tasks
         total, _ = self.weighting({t: losses[t] for t in tasks}, labelled_tasks(batch, tasks))
         return total, losses
@@ -202,7 +212,7 @@ def train(config: TrainConfig, placement: Placement) -> dict[str, Any]:
     state = build_training_state(config, placement)
     end_step = config.stop_at or config.steps
     start_step = resume(config, placement, state, end_step) if config.resume else 0
-    objective = build_objective(state, placement)
+    objective = build_objective(state, placement, semantic_class_weights(config))
     loader = build_loader(config, placement, start_step)
     train_steps(config, placement, state, objective, loader, start_step, end_step)
     if end_step < config.steps:
@@ -251,8 +261,26 @@ def resume(config: TrainConfig, placement: Placement, state: TrainingState, end_
     return start_step
 
 
-def build_objective(state: TrainingState, placement: Placement) -> nn.Module:
-    objective: nn.Module = Objective(state.model, state.weighting)
+def semantic_class_weights(config: TrainConfig) -> Tensor | None:
+    """``loss.class_weighting``'s weights, counted over the CamVid training frames (``None``: unweighted)."""
+    kind = config.loss.class_weighting
+    if kind == "none":
+        return None
+    scenes = CamVidScenes(config.data.resolved_camvid_root(), split="train")
+    counts, frame_pixels = pixel_counts(
+        (scenes.semantic_labels(i) for i in range(len(scenes))), config.model.num_classes
+    )
+    weights = class_weights(kind, counts, frame_pixels)
+    named = ", ".join(f"{c.name} {weights[c.train_id]:.2f}" for c in CLASSES if counts[c.train_id])
+    print(f"semantic class weights ({kind}, {len(scenes)} CamVid frames): {named}", file=sys.stderr)
+    return torch.from_numpy(weights)
+
+
+def build_objective(
+    state: TrainingState, placement: Placement, class_weights: Tensor | None = None
+) -> nn.Module:
+    weights = None if class_weights is None else class_weights.to(placement.device)
+    objective: nn.Module = Objective(state.model, state.weighting, weights)
     if placement.world_size > 1:
         # A task with zero weight leaves its head without gradient; DDP must be told to expect that.
         unused = set(TASKS) - set(state.weighting.tasks)
@@ -273,7 +301,7 @@ def build_loader(config: TrainConfig, placement: Placement, start_step: int) -> 
         placement.world_size,
     )
     return DataLoader(
-        MixedTaskDataset(sources, config.seed),
+        MixedTaskDataset(sources, config.seed, config.data.crop_size()),
         batch_size=config.batch_size,
         sampler=sampler,
         num_workers=config.data.workers,

@@ -25,19 +25,22 @@ class RealFrameAugment:
 
     The training size is ``(height, width)``; scale 1 is the whole frame resized to it
     (aspect ratio not kept, as the service resizes uploads), larger scales zoom in on
-    a random window, smaller ones pad the frame out with unlabelled pixels.
+    a random window, smaller ones pad the frame out with unlabelled pixels. The output
+    is a random ``crop`` of that (default: the whole training size).
 
     Attributes:
-        height, width: output size in pixels.
+        height, width: training size in pixels.
         scale_range: ``(low, high)``; the scale is drawn uniformly from it.
         color_jitter: brightness, contrast and saturation factors are drawn from
             ``[1 - color_jitter, 1 + color_jitter]``; 0 turns jitter off.
+        crop: output ``(height, width)``; ``None``: the training size.
     """
 
     height: int
     width: int
     scale_range: tuple[float, float] = (0.75, 1.75)
     color_jitter: float = 0.3
+    crop: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         low, high = self.scale_range
@@ -50,7 +53,8 @@ class RealFrameAugment:
         scale = float(rng.uniform(*self.scale_range))
         scaled_h = max(1, round(self.height * scale))
         scaled_w = max(1, round(self.width * scale))
-        sample = crop_or_pad(resize_sample(sample, scaled_h, scaled_w), self.height, self.width, rng)
+        out_h, out_w = self.crop or (self.height, self.width)
+        sample = crop_or_pad(resize_sample(sample, scaled_h, scaled_w), out_h, out_w, rng)
         if self.color_jitter > 0:
             sample.image = jitter_colors(sample.image, rng, self.color_jitter)
         return sample

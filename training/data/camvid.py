@@ -7,10 +7,12 @@ Expected layout under ``root``::
     trainannot/, valannot/, ...    8-bit label PNGs, one CamVid class index per pixel
 
 CamVid labels semantics only. Its 11 classes map onto the project's class table
-(`CAMVID_TO_TRAIN_ID`); void becomes ``IGNORE_INDEX``. Instance and depth are *missing*
-for every pixel: instance ids are ``INSTANCE_UNKNOWN`` and depth is ``nan``, so these
-samples give the instance and depth losses no target at all (see `training.losses`),
-rather than claiming "no object here" or "sky".
+(`CAMVID_TO_TRAIN_ID`); void becomes ``IGNORE_INDEX``. Instances are *missing* for
+every pixel (``INSTANCE_UNKNOWN``), so these samples give the instance loss no target
+at all (see `training.losses`), rather than claiming "no object here". Depth is
+missing too (``nan``) unless a `GroundCamera` is given: then it is the geometric
+pseudo-depth of the labels (`training.data.pseudo_depth`), measured where the
+geometry is sure and ``nan`` elsewhere.
 
 For evaluation in CamVid's own classes, `TRAIN_ID_TO_CAMVID` maps the model's 19
 classes back onto CamVid's 11 (the SegNet grouping: trucks and buses count as cars,
@@ -30,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from training.data.classes import IGNORE_INDEX, INSTANCE_UNKNOWN, train_id
+from training.data.pseudo_depth import GroundCamera, pseudo_depth
 from training.data.sample import DataConfigError, SceneSample, check_dataset_size, read_png, resize_sample
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -117,7 +120,9 @@ class CamVidScenes:
     ``(height, width)`` without keeping the aspect ratio, as the service resizes
     uploads: the image bilinearly, the labels nearest-neighbour. `read` gives the
     frame at its own size, for augmentations that scale and crop, and `camvid_labels`
-    the original 11-class labels for scoring at full resolution.
+    the original 11-class labels for scoring at full resolution. With ``pseudo_depth``,
+    depth comes from the labels' geometry as that camera sees it (at the frame's own
+    size, before any resize).
 
     Raises:
         DataConfigError: naming the path, if the split or size is invalid, the list
@@ -130,10 +135,12 @@ class CamVidScenes:
         split: str = "train",
         height: int = 128,
         width: int = 256,
+        pseudo_depth: GroundCamera | None = None,
     ) -> None:
         if split not in SPLITS:
             raise DataConfigError(f"CamVid split {split!r} is not one of {', '.join(SPLITS)}")
         check_dataset_size(height, width)
+        self.pseudo_depth = pseudo_depth
         self.root = Path(root)
         self.split = split
         self.height = height
@@ -158,7 +165,10 @@ class CamVidScenes:
                 f"{frame.label}: size {labels.shape[1]}x{labels.shape[0]} does not match "
                 f"the image's {image.shape[1]}x{image.shape[0]}"
             )
-        return missing_depth_and_instances(image, camvid_to_train_id()[labels], frame.name)
+        sample = missing_depth_and_instances(image, camvid_to_train_id()[labels], frame.name)
+        if self.pseudo_depth is not None:
+            sample.depth = pseudo_depth(sample.semantic, self.pseudo_depth)
+        return sample
 
     def camvid_labels(self, index: int) -> npt.NDArray[np.uint8]:
         """CamVid class indices ``uint8 [H, W]`` of frame ``index`` at full size (11 = void)."""
@@ -172,13 +182,18 @@ class CamVidScenes:
             )
         return labels.astype(np.uint8)
 
+    def semantic_labels(self, index: int) -> npt.NDArray[np.uint8]:
+        """Train ids ``uint8 [H, W]`` of frame ``index`` at full size (void: ``IGNORE_INDEX``)."""
+        return camvid_to_train_id()[self.camvid_labels(index)]
+
     def __getitem__(self, index: int) -> SceneSample:
         return resize_sample(self.read(index), self.height, self.width)
 
     def __repr__(self) -> str:
         return (
             f"CamVidScenes(root={str(self.root)!r}, split={self.split!r}, "
-            f"height={self.height}, width={self.width}, frames={len(self)})"
+            f"height={self.height}, width={self.width}, frames={len(self)}, "
+            f"pseudo_depth={self.pseudo_depth})"
         )
 
 
