@@ -44,3 +44,19 @@ def test_the_request_memory_smoke_run_measures_per_pixel_costs(model_path: Path,
     # npz carries the raw maps: 5 (semantic) + 10 (instances) + 4 (depth) bytes per pixel.
     assert 19 <= rows["npz"]["response_bytes_per_pixel"] < 19.5
     assert rows["npz"]["peak_bytes_per_pixel"] > rows["npz"]["response_bytes_per_pixel"]
+
+
+def test_a_12_megapixel_photo_stays_within_the_documented_request_memory(
+    model_path: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "photo.json"
+    command = [sys.executable, "-m", "bench.request_memory", "--photo", "--model", str(model_path)]
+    result = subprocess.run(
+        [*command, "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    default_budget = 2_097_152
+    for row in json.loads(out.read_text())["results"]:
+        assert row["status"] == 200 and 0 < row["map_pixels"] <= default_budget
+        # docs/serving.md: a request costs at most the output budget × 117 B (JSON with overlays).
+        assert row["peak_mb"] * 2**20 <= default_budget * 117 * 1.05, row
