@@ -11,7 +11,8 @@ so the client controls exactly when it stops sending or reading:
    same kinds; then the server's RSS is the baseline;
 2. the mix: ``count`` requests from ``clients`` concurrent clients, drawn with a fixed
    seed — 55% good street scenes (JSON), 10% good as npz, 10% corrupt bytes, 5% a
-   4096x4096 PNG asking for npz maps (over the output budget), 5% a 200000x20 PNG,
+   4096x4096 PNG asking for npz maps at its own size (``resolution=original``, over the
+   output budget), 5% a 200000x20 PNG,
    10% abandoned (the client closes right after sending), 5% stalled uploads (a third
    of the declared body, then silence); RSS is read after every tenth of it;
 3. abusive clients: ``abusive`` clients each ask for the largest maps the budget
@@ -156,7 +157,7 @@ async def one(port: int, kind: str, bodies: Bodies, rng: random.Random) -> Answe
     if kind == "corrupt":
         return await exchange(port, request_bytes("/predict", bodies.corrupt, image))
     if kind == "huge_npz":
-        return await exchange(port, request_bytes("/predict", bodies.huge, npz))
+        return await exchange(port, request_bytes("/predict?resolution=original", bodies.huge, npz))
     if kind == "thin":
         return await exchange(port, request_bytes("/predict", bodies.thin, npz))
     if kind == "abandoned":

@@ -29,6 +29,7 @@ from fastapi.encoders import jsonable_encoder
 from bench import peer
 from service.batching import MicroBatcher
 from service.imaging import decode_upload, preprocess
+from service.limits import choose_map_size
 from service.pipeline import Pipeline
 from service.prediction import PredictOptions, StageClock
 from service.runtime import ModelRuntime
@@ -55,8 +56,9 @@ def measure(pipeline: Pipeline, settings: Settings, payload: peer.Payload, runs:
     stages["decode + resize"] = decode_ms + resize_ms
     stages["model (1 thread)"], outputs = cpu_ms(lambda: runtime.run(model_input[None]), runs)
     single = {name: values[0] for name, values in outputs.items()}
+    size, map_size = choose_map_size(size, options.resolution, runtime.input_size, settings.max_output_pixels)
     stages["postprocess"], prediction = cpu_ms(
-        lambda: pipeline.postprocess(single, size, None, options, 1, StageClock()), runs
+        lambda: pipeline.postprocess(single, size, None, options, 1, StageClock(), map_size), runs
     )
     stages["encode"], response = cpu_ms(
         lambda: pipeline.responses.json(prediction, options, time.perf_counter()), runs

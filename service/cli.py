@@ -5,7 +5,9 @@
 
 Options left out fall back to the ``SCENE_*`` environment variables (see
 `service.settings`). The chosen values are written back to the environment because
-uvicorn's workers build their settings from it.
+uvicorn's workers build their settings from it. ``--help`` lists every setting with
+its default and meaning, read from the settings model (`describe_settings`), which
+docs/serving.md's table is checked against.
 
 With ``--workers`` above 1, each worker is a process with its own metrics; unless
 ``PROMETHEUS_MULTIPROC_DIR`` is already set, a fresh temporary directory is made for
@@ -23,8 +25,9 @@ import os
 import shutil
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import ValidationError
 
@@ -36,9 +39,52 @@ from service.settings import Settings, get_settings
 STARTUP_FAILURE = 3
 
 
+def default_text(value: object) -> str:
+    """A setting's default as its environment variable would spell it ("unset" for none)."""
+    if value is None:
+        return "unset"
+    if isinstance(value, list):
+        return ",".join(str(item) for item in value) or "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def describe_settings() -> list[tuple[str, str, str]]:
+    """``(environment variable, default, meaning)`` for every field of `Settings`, in its order.
+
+    Read from the model itself (names, defaults, descriptions, a Literal's choices), so
+    ``--help`` and the docs check cannot drift from the code.
+    """
+    prefix = Settings.model_config.get("env_prefix", "")
+    rows = []
+    for name, field in Settings.model_fields.items():
+        meaning = field.description or ""
+        if get_origin(field.annotation) is Literal:
+            meaning += " One of: " + ", ".join(str(choice) for choice in get_args(field.annotation)) + "."
+        default = field.get_default(call_default_factory=True)
+        rows.append((f"{prefix}{name}".upper(), default_text(default), meaning))
+    return rows
+
+
+def settings_help() -> str:
+    """The settings part of ``--help``: every variable, its default and its meaning."""
+    lines = ["settings (SCENE_* environment variables; the options above override their own):"]
+    for variable, default, meaning in describe_settings():
+        lines.append(f"  {variable} (default: {default})")
+        lines += textwrap.wrap(meaning, width=88, initial_indent="      ", subsequent_indent="      ")
+    lines.append("Lists take JSON or commas. Reference: docs/serving.md#settings")
+    return "\n".join(lines)
+
+
 def build_parser(defaults: Settings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="scene-serve", description="Serve a scene-mtl ONNX model over HTTP."
+        prog="scene-serve",
+        description="Serve a scene-mtl ONNX model over HTTP.",
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--model", type=Path, default=defaults.model_path, help="ONNX model file (default: %(default)s)"

@@ -16,9 +16,9 @@ code                           status  when
 ``too_many_pixels``            413     image over ``max_pixels`` (decompression bomb guard)
 ``image_too_wide``             413     image wider than ``max_width``
 ``image_too_tall``             413     image taller than ``max_height``
-``output_too_large``           413     the maps asked for would be over
-                                       ``max_output_pixels`` (ask for
-                                       ``resolution=model`` or send a smaller image)
+``output_too_large``           413     ``resolution=original`` maps would be over
+                                       ``max_output_pixels`` (ask for ``auto`` or
+                                       ``model``, or send a smaller image)
 ``body_timeout``               408     the body did not arrive within
                                        ``body_timeout_s``, or came slower than
                                        ``body_min_rate``

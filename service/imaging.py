@@ -9,6 +9,7 @@ blend) and bilinearly for confidence and depth.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import Any
 
 import cv2
@@ -42,14 +43,18 @@ def decode_image(data: bytes, max_pixels: int) -> RGBImage:
 
 
 def decode_upload(
-    data: bytes, max_pixels: int, at_least: tuple[int, int] | None = None
+    data: bytes,
+    max_pixels: int,
+    at_least: tuple[int, int] | Callable[[tuple[int, int]], tuple[int, int]] | None = None,
 ) -> tuple[RGBImage, tuple[int, int]]:
     """`decode_image`, and the upright image's full size ``(H, W)``.
 
     With ``at_least`` = (height, width), a JPEG is decoded at the smallest of libjpeg's
     1/1, 1/2, 1/4 and 1/8 scales that still covers that size upright (scaling in the
     DCT, several times cheaper than decoding every pixel); for when only the model's
-    input is needed from the pixels. Other formats decode in full.
+    input, or maps smaller than the image, are needed from the pixels. ``at_least`` may
+    also be a function of the full upright size giving that size. Other formats decode
+    in full.
     """
     # The limit is checked from the header below. Pillow's own bomb check (a process-wide
     # global, left alone) only fires for images far over any sensible limit.
@@ -74,7 +79,8 @@ def decode_upload(
         turned = image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
         full_size = (width, height) if turned else (height, width)
         if at_least is not None and image.format == "JPEG":
-            stored = (at_least[0], at_least[1]) if turned else (at_least[1], at_least[0])
+            needed = at_least(full_size) if callable(at_least) else at_least
+            stored = (needed[0], needed[1]) if turned else (needed[1], needed[0])
             image.draft("RGB", stored)
         image.load()
         upright = ImageOps.exif_transpose(image)

@@ -4,7 +4,9 @@ Every check here runs before the expensive work. The image's width and height co
 from its header (`image_size`), so an image over a limit is refused without decoding a
 pixel; the response budget (`check_image`) is settled from those numbers and the
 query, so a request that would return more than ``max_output_pixels`` never reaches
-decoding or the model; `BodyPace` bounds how long and how slowly a body may arrive.
+decoding or the model; `choose_map_size` settles the size of the maps themselves
+(``resolution=auto`` scales them down to the budget instead of refusing); `BodyPace`
+bounds how long and how slowly a body may arrive.
 
 docs/serving.md ("Limits and memory") has the bytes per pixel each output choice
 costs, which is what these limits bound.
@@ -13,6 +15,7 @@ costs, which is what these limits bound.
 from __future__ import annotations
 
 import io
+import math
 import time
 from collections.abc import Callable
 
@@ -29,6 +32,7 @@ from service.errors import (
     OutputTooLargeError,
     TooManyPixelsError,
 )
+from service.schemas import MapSize, Resolution
 from service.settings import Settings
 
 # A slow start (TLS, a phone waking its radio) is not yet a slow upload.
@@ -102,9 +106,74 @@ def check_image(width: int, height: int, settings: Settings, *, output_size: tup
             raise OutputTooLargeError(
                 f"maps at the image's size would be {out_width}×{out_height} = {out_width * out_height:,} "
                 f"pixels; the limit is {settings.max_output_pixels:,} output pixels "
-                "(SCENE_MAX_OUTPUT_PIXELS). Ask for resolution=model, or send an image with at most "
-                f"{settings.max_output_pixels:,} pixels"
+                "(SCENE_MAX_OUTPUT_PIXELS). Ask for resolution=auto (maps scaled down to fit) or "
+                f"resolution=model, or send an image with at most {settings.max_output_pixels:,} pixels"
             )
+
+
+def largest_fitting_size(height: int, width: int, max_pixels: int) -> tuple[int, int]:
+    """The largest ``(height, width)`` of at most ``max_pixels`` pixels with the aspect ratio of the input.
+
+    The long side is the largest integer for which the short side, rounded to keep the
+    ratio, still fits; the short side is at least 1. An image that already fits keeps its size.
+    """
+    if height * width <= max_pixels:
+        return height, width
+    long_side, short_side = max(height, width), min(height, width)
+
+    def short_for(long: int) -> int:
+        return max(1, round(long * short_side / long_side))
+
+    # sqrt gives the real-valued answer; rounding the short side moves it by at most a pixel or two.
+    best = max(1, math.floor(long_side * math.sqrt(max_pixels / (height * width))) - 2)
+    while best > 1 and best * short_for(best) > max_pixels:
+        best -= 1
+    while best + 1 < long_side and (best + 1) * short_for(best + 1) <= max_pixels:
+        best += 1
+    short = short_for(best)
+    return (best, short) if height >= width else (short, best)
+
+
+def choose_map_size(
+    image_size: tuple[int, int], resolution: Resolution, model_size: tuple[int, int], max_output_pixels: int
+) -> tuple[tuple[int, int], MapSize]:
+    """The ``(height, width)`` of the maps for an upright image of ``image_size`` (H, W), and why.
+
+    ``resolution=original`` was checked against the budget from the header already;
+    ``auto`` never exceeds it.
+    """
+    height, width = image_size
+    pixels = height * width
+
+    def note(returned: str, reason: str) -> MapSize:
+        return MapSize.model_validate(
+            {
+                "requested": resolution,
+                "returned": returned,
+                "image_width": width,
+                "image_height": height,
+                "reason": reason,
+            }
+        )
+
+    if resolution is Resolution.model:
+        return model_size, note("model", "resolution=model: the model's input size")
+    if resolution is Resolution.original:
+        return image_size, note("original", "resolution=original: the image's own size")
+    if pixels <= max_output_pixels:
+        return image_size, note(
+            "original",
+            f"the image's own size: its {pixels:,} pixels fit the output budget of "
+            f"{max_output_pixels:,} (SCENE_MAX_OUTPUT_PIXELS)",
+        )
+    size = largest_fitting_size(height, width, max_output_pixels)
+    return size, note(
+        "scaled",
+        f"the image's {width}×{height} = {pixels:,} pixels are over the output budget of "
+        f"{max_output_pixels:,} (SCENE_MAX_OUTPUT_PIXELS), so the maps are the largest size that fits "
+        f"with the same aspect ratio, {size[1]}×{size[0]}; ask for resolution=original with a smaller "
+        "image, or a larger budget, for maps at the image's size",
+    )
 
 
 class BodyPace:

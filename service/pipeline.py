@@ -6,8 +6,10 @@ Each stage is a plain function of arrays, timed into
 never stalls the event loop; inference runs in the micro-batcher's thread.
 
 Resolutions: the model sees every image resized to the training resolution in its card
-(`service.imaging`). Maps come back at the uploaded image's size by default, or at the
-model's size with ``resolution=model``.
+(`service.imaging`). Maps come back at the uploaded image's size by default, scaled down
+(aspect ratio kept) when that is over the output budget, at the image's size whatever
+it is with ``resolution=original``, or at the model's size with ``resolution=model``
+(`service.limits.choose_map_size`).
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from scene_contract.model import INSTANCE_OFFSETS, INVERSE_DEPTH, SEMANTIC, SEMA
 from service.batching import MicroBatcher
 from service.errors import InferenceTimeoutError
 from service.imaging import RGBImage, decode_upload, preprocess, resize_bilinear, resize_nearest
+from service.limits import choose_map_size
 from service.postprocess import Instance, group_instances, measure_resized
 from service.prediction import Prediction, PredictOptions, StageClock
 from service.responses import ResponseEncoder
 from service.runtime import ModelRuntime, Outputs
-from service.schemas import RequestedOutput, Resolution
+from service.schemas import MapSize, RequestedOutput
 from service.settings import Settings
 
 
@@ -40,12 +43,21 @@ class Answer:
     media_type: str
     clock: StageClock
     total_s: float
+    map_size: MapSize
+    height: int
+    width: int
 
     @property
-    def server_timing(self) -> str:
-        """The ``Server-Timing`` header: each stage and the total, in milliseconds."""
+    def headers(self) -> dict[str, str]:
+        """``Server-Timing`` (each stage and the total, in milliseconds) and ``Scene-Map-Size``
+        (the maps' size and why, for .npz answers, whose arrays carry no JSON beside them)."""
         stages = [f"{name};dur={seconds * 1000:.3f}" for name, seconds in self.clock.seconds.items()]
-        return ", ".join([*stages, f"total;dur={self.total_s * 1000:.3f}"])
+        note = self.map_size
+        return {
+            "Server-Timing": ", ".join([*stages, f"total;dur={self.total_s * 1000:.3f}"]),
+            "Scene-Map-Size": f"{note.returned}; maps={self.width}x{self.height}; "
+            f"image={note.image_width}x{note.image_height}",
+        }
 
 
 class Pipeline:
@@ -78,34 +90,52 @@ class Pipeline:
         clock = StageClock()
         with self.batcher.incoming():
             prepared = await to_thread.run_sync(self._prepare, data, options, clock, limiter=self.cpu_limiter)
-        image, size, model_input = prepared
+        picture, (size, map_size), model_input = prepared
         result = await self.batcher.infer(model_input, self.settings.request_timeout_s)
         clock.record("queue_wait", result.queue_wait_s)
         clock.record("inference", result.inference_s)
-        if options.resolution is Resolution.model:
-            image, size = model_input, self.runtime.input_size
 
         # Postprocessing and encoding share one thread hop: at 128x256 each hop is a
         # noticeable share of what the service adds to the model's time.
         def finish() -> Answer:
             with clock.stage("postprocess"):
-                prediction = self.postprocess(result.outputs, size, image, options, result.batch_size, clock)
+                prediction = self.postprocess(
+                    result.outputs, size, picture, options, result.batch_size, clock, map_size
+                )
             body, media_type = self.responses.encode(prediction, options, started)  # timed inside
-            return Answer(body, media_type, clock, time.perf_counter() - started)
+            return Answer(body, media_type, clock, time.perf_counter() - started, map_size, *size)
 
         return await to_thread.run_sync(finish, limiter=self.cpu_limiter)
 
+    def _map_size(
+        self, image_size: tuple[int, int], options: PredictOptions
+    ) -> tuple[tuple[int, int], MapSize]:
+        return choose_map_size(
+            image_size, options.resolution, self.runtime.input_size, self.settings.max_output_pixels
+        )
+
     def _prepare(
         self, data: bytes, options: PredictOptions, clock: StageClock
-    ) -> tuple[RGBImage | None, tuple[int, int], RGBImage]:
-        """The upload's pixels (None unless the overlay needs them), its upright size and the model input."""
-        full_pixels = options.overlay and options.resolution is Resolution.original
+    ) -> tuple[RGBImage | None, tuple[tuple[int, int], MapSize], RGBImage]:
+        """The picture for the overlay at the maps' size (None without an overlay), the maps' size
+        (H, W) with why it was chosen, and the model input."""
+        model_size = self.runtime.input_size
         with clock.stage("decode"):
-            at_least = None if full_pixels else self.runtime.input_size
-            image, size = decode_upload(data, self.settings.max_pixels, at_least)
+            # A JPEG is decoded only as far as the model input, and the overlay's picture, need.
+            def needed(image_size: tuple[int, int]) -> tuple[int, int]:
+                if not options.overlay:
+                    return model_size
+                height, width = self._map_size(image_size, options)[0]
+                return max(height, model_size[0]), max(width, model_size[1])
+
+            image, image_size = decode_upload(data, self.settings.max_pixels, needed)
+        chosen = self._map_size(image_size, options)
         with clock.stage("preprocess"):
-            model_input = preprocess(image, self.runtime.input_size, self.runtime.card.resize)
-        return (image if full_pixels else None), size, model_input
+            model_input = preprocess(image, model_size, self.runtime.card.resize)
+            picture = None
+            if options.overlay:
+                picture = model_input if chosen[0] == model_size else preprocess(image, chosen[0])
+        return picture, chosen, model_input
 
     def postprocess(
         self,
@@ -115,6 +145,7 @@ class Pipeline:
         options: PredictOptions,
         batch_size: int,
         clock: StageClock,
+        map_size: MapSize,
     ) -> Prediction:
         """Group instances at the model's resolution, then bring the asked-for maps to ``size`` (H, W).
 
@@ -155,4 +186,5 @@ class Pipeline:
             inverse_depth=inverse_depth,
             batch_size=batch_size,
             clock=clock,
+            map_size=map_size,
         )

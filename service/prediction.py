@@ -12,7 +12,7 @@ import numpy.typing as npt
 
 from service import metrics
 from service.postprocess import Instance
-from service.schemas import RequestedOutput, Resolution
+from service.schemas import MapSize, RequestedOutput, Resolution
 
 RGBImage = npt.NDArray[np.uint8]
 
@@ -22,7 +22,7 @@ class PredictOptions:
     """What the client asked for (query parameters of /predict)."""
 
     outputs: frozenset[RequestedOutput] = frozenset(RequestedOutput)
-    resolution: Resolution = Resolution.original
+    resolution: Resolution = Resolution.auto
     overlay: bool = False
     overlay_alpha: float = 0.5
     npz: bool = False  # the raw arrays as .npz instead of JSON
@@ -68,6 +68,7 @@ class Prediction:
         inverse_depth: float32 [H, W] 1/m, 0 = sky; None unless depth was asked for.
         batch_size: images in the ORT run this image was part of.
         clock: stage timings so far.
+        map_size: why the maps have their size (`service.limits.choose_map_size`).
     """
 
     image: RGBImage | None
@@ -79,6 +80,7 @@ class Prediction:
     inverse_depth: npt.NDArray[np.float32] | None
     batch_size: int
     clock: StageClock
+    map_size: MapSize
 
     @property
     def height(self) -> int:

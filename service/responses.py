@@ -124,6 +124,7 @@ class ResponseEncoder:
             task_uncertainty=self.task_uncertainty,
             width=prediction.width,
             height=prediction.height,
+            resolution=prediction.map_size,
             batch_size=prediction.batch_size,
             semantic=semantic,
             instances=instances,

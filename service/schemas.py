@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,8 +17,14 @@ class RequestedOutput(StrEnum):
 
 
 class Resolution(StrEnum):
-    """``original``: maps at the uploaded image's size (after EXIF rotation); ``model``: at the model's."""
+    """The size of the maps /predict returns.
 
+    ``auto``: the uploaded image's size (after EXIF rotation) when that fits the output
+    budget, else the largest size with the same aspect ratio that does; ``original``:
+    the image's size, refused when over the budget; ``model``: the model's input size.
+    """
+
+    auto = "auto"
     original = "original"
     model = "model"
 
@@ -119,6 +125,19 @@ class OverlayResult(BaseModel):
     )
 
 
+class MapSize(BaseModel):
+    """Which size the maps came back at, and why."""
+
+    requested: Resolution = Field(description="The resolution the request asked for.")
+    returned: Literal["original", "scaled", "model"] = Field(
+        description="'original': the image's own size; 'scaled': smaller, aspect ratio kept, to fit "
+        "the output budget; 'model': the model's input size."
+    )
+    image_width: int = Field(description="Width of the uploaded image (after EXIF rotation).")
+    image_height: int = Field(description="Height of the uploaded image (after EXIF rotation).")
+    reason: str = Field(description="Why this size, for people.")
+
+
 class Timings(BaseModel):
     """Milliseconds spent in each stage; ``total`` also covers reading the body."""
 
@@ -140,6 +159,7 @@ class PredictResponse(BaseModel):
     )
     width: int = Field(description="Width of the returned maps in pixels.")
     height: int = Field(description="Height of the returned maps in pixels.")
+    resolution: MapSize
     batch_size: int = Field(description="Images in the ONNX Runtime run this one was part of.")
     semantic: SemanticResult | None = None
     instances: InstancesResult | None = None

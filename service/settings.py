@@ -41,7 +41,12 @@ class Settings(BaseSettings):
         default_factory=lambda: list(DEFAULT_PROVIDERS),
         description="ONNX Runtime execution providers in order of preference; unavailable ones are skipped.",
     )
-    intra_op_threads: int = Field(default=0, ge=0, description="ORT intra-op threads; 0 lets ORT decide.")
+    intra_op_threads: int = Field(
+        default=0,
+        ge=0,
+        description="ONNX Runtime threads per run (0: on the CPU the cores split between the streams; "
+        "on a GPU ORT chooses).",
+    )
     max_body_bytes: int = Field(default=20 * 2**20, gt=0, description="Largest accepted request body.")
     max_pixels: int = Field(
         default=16_777_216,
@@ -56,7 +61,8 @@ class Settings(BaseSettings):
     max_output_pixels: int = Field(
         default=2_097_152,
         gt=0,
-        description="Largest maps /predict returns (width × height); bounds response size and memory.",
+        description="Largest maps /predict returns (width × height), scaled down to it by default; "
+        "bounds response size and memory.",
     )
     body_timeout_s: float = Field(
         default=30.0, gt=0, description="Longest the whole request body may take to arrive; beyond it → 408."
@@ -96,9 +102,9 @@ class Settings(BaseSettings):
         description="On SIGTERM, longest scene-serve waits for requests in flight before cancelling them.",
     )
     workers: int = Field(default=1, ge=1, description="uvicorn worker processes (scene-serve only).")
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
-    log_level: LogLevel = "info"
+    host: str = Field(default="127.0.0.1", description="Interface to listen on (0.0.0.0: every one).")
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port to listen on.")
+    log_level: LogLevel = Field(default="info", description="Least severe log messages written.")
     api_token: SecretStr | None = Field(
         default=None,
         description="When set, /predict and the model endpoints need 'Authorization: Bearer <token>'.",

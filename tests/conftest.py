@@ -4,7 +4,9 @@ CamVid tree in the SegNet layout, written by the tests themselves.
 
 The tests never install anything. `make system-deps` (which `make test` and CI run
 first) installs the Debian packages; a test whose tool is missing fails with a
-message naming that step, or skips with it when ``SCENE_ALLOW_MISSING_TOOLS=1``.
+message naming that step, or skips with it when ``SCENE_ALLOW_MISSING_TOOLS=1``
+(which `make test` sets outside CI), and the run ends with a list of what was
+skipped for want of which tool and the command that installs them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from PIL import Image
 
 # Set to 1 to skip, rather than fail, the tests whose system tool is missing.
 ALLOW_MISSING_ENV = "SCENE_ALLOW_MISSING_TOOLS"
+INSTALL_COMMAND = "sudo make system-deps"
+# Skip reasons start with this, so the summary can tell them from other skips.
+_MISSING_MARK = "missing Debian tool: "
 
 
 def debian_tool(binary: str, package: str) -> str:
@@ -27,13 +32,34 @@ def debian_tool(binary: str, package: str) -> str:
     path = shutil.which(binary)
     if path is not None:
         return path
-    message = (
+    if os.environ.get(ALLOW_MISSING_ENV) == "1":
+        pytest.skip(f"{_MISSING_MARK}{binary} (Debian package {package}); `{INSTALL_COMMAND}` installs it")
+    pytest.fail(
         f"{binary} (Debian package {package}) is missing: run `make system-deps` "
         f"(or set {ALLOW_MISSING_ENV}=1 to skip the tests that need it)"
     )
-    if os.environ.get(ALLOW_MISSING_ENV) == "1":
-        pytest.skip(message)
-    pytest.fail(message)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """At the end of a run, the tests skipped for want of a Debian tool, by tool, and the fix."""
+    by_tool: dict[str, list[str]] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        if isinstance(report.longrepr, tuple) and report.longrepr[2].startswith("Skipped: " + _MISSING_MARK):
+            tool = report.longrepr[2].removeprefix("Skipped: " + _MISSING_MARK).split(";")[0]
+            by_tool.setdefault(tool, []).append(report.nodeid)
+    if not by_tool:
+        return
+
+    def tests(count: int) -> str:
+        return f"{count} test{'' if count == 1 else 's'}"
+
+    count = sum(len(nodeids) for nodeids in by_tool.values())
+    terminalreporter.section(f"{tests(count)} skipped: Debian tools missing", sep="=", yellow=True)
+    for tool, nodeids in sorted(by_tool.items()):
+        terminalreporter.write_line(f"{tool}: {tests(len(nodeids))}")
+        for nodeid in nodeids:
+            terminalreporter.write_line(f"    {nodeid}")
+    terminalreporter.write_line(f"To run them, install the tools (Debian or Ubuntu): {INSTALL_COMMAND}")
 
 
 @pytest.fixture(scope="session")

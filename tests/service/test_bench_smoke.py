@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,3 +45,39 @@ def test_the_request_memory_smoke_run_measures_per_pixel_costs(model_path: Path,
     # npz carries the raw maps: 5 (semantic) + 10 (instances) + 4 (depth) bytes per pixel.
     assert 19 <= rows["npz"]["response_bytes_per_pixel"] < 19.5
     assert rows["npz"]["peak_bytes_per_pixel"] > rows["npz"]["response_bytes_per_pixel"]
+
+
+def test_a_12_megapixel_photo_stays_within_the_documented_request_memory(
+    model_path: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "photo.json"
+    command = [sys.executable, "-m", "bench.request_memory", "--photo", "--model", str(model_path)]
+    result = subprocess.run(
+        [*command, "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    default_budget = 2_097_152
+    for row in json.loads(out.read_text())["results"]:
+        assert row["status"] == 200 and 0 < row["map_pixels"] <= default_budget
+        # docs/serving.md: a request costs at most the output budget × 117 B (JSON with overlays).
+        assert row["peak_mb"] * 2**20 <= default_budget * 117 * 1.05, row
+
+
+def test_the_demo_page_bench_compares_the_page_with_the_plain_request(
+    model_path: Path, tmp_path: Path, system_tool: Callable[[str, str], str]
+) -> None:
+    system_tool("chromium", "chromium")
+    out = tmp_path / "demo.json"
+    command = [sys.executable, "-m", "bench.demo_page", "--model", str(model_path), "--runs", "1"]
+    result = subprocess.run(
+        [*command, "--size", "640x480", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    [photo] = json.loads(out.read_text())["results"].values()
+    # The page uploads the photo scaled down, so its answer is smaller than the plain one's.
+    assert photo["demo"]["upload_bytes"] < photo["plain"]["upload_bytes"]
+    assert photo["demo"]["bytes_vs_plain"] < 1 < photo["overlay"]["bytes_vs_plain"]

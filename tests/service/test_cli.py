@@ -16,8 +16,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.cli import STARTUP_FAILURE, log_config, main
+from service.cli import STARTUP_FAILURE, default_text, describe_settings, log_config, main
 from service.metrics import MULTIPROC_ENV
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_missing_model_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -77,3 +80,38 @@ def test_a_model_that_cannot_load_fails_the_start_whatever_the_workers(tmp_path:
     )
     assert result.returncode == STARTUP_FAILURE, result.stderr
     assert f"onnxruntime cannot load {corrupt}" in result.stderr
+
+
+def test_help_lists_every_setting_with_its_default_and_meaning(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # undo the wrapping
+    for name, field in Settings.model_fields.items():
+        variable = f"SCENE_{name.upper()}"
+        default = default_text(field.get_default(call_default_factory=True))
+        assert f"{variable} (default: {default})" in text
+        assert field.description, f"{name} has no description for --help"
+        assert " ".join(field.description.split()) in text
+    assert "SCENE_MAX_OUTPUT_PIXELS (default: 2097152)" in text
+    assert "SCENE_LOG_LEVEL (default: info) Least severe log messages written. One of: critical," in text
+
+
+def settings_table(markdown: str) -> dict[str, tuple[str, str]]:
+    """``variable -> (default cell, meaning cell)`` from docs/serving.md's settings table."""
+    section = markdown.split("## Settings", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `SCENE_")]
+    table = {}
+    for row in rows:
+        variable, default, meaning = (cell.strip() for cell in row.strip("|").split(" | ", 2))
+        table[variable.strip("`")] = (default, meaning)
+    return table
+
+
+def test_the_settings_table_in_the_docs_matches_the_settings_model() -> None:
+    table = settings_table((ROOT / "docs" / "serving.md").read_text())
+    described = {variable: default for variable, default, _ in describe_settings()}
+    assert set(table) == set(described), "docs/serving.md's settings table and Settings differ"
+    for variable, (default_cell, meaning) in table.items():
+        assert default_cell.startswith(f"`{described[variable]}`"), (variable, default_cell)
+        assert meaning

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from scene_contract.model import SAMPLES_DIR
+from service.encoding import decode_png, from_base64
 from service.main import create_app
 from service.settings import Settings
 
@@ -116,6 +117,8 @@ def sigma_cells(page: Page) -> list[list[str]]:
 
 
 PANELS = ("#input-image", "#semantic-image", "#instances-image", "#depth-image")
+# The input is an <img>; the three maps are drawn into <canvas> elements.
+PICTURE_WIDTH = "e => e instanceof HTMLImageElement ? e.complete && e.naturalWidth : e.width"
 
 
 def test_a_generated_scene_shows_all_three_tasks(demo: Page) -> None:
@@ -132,8 +135,8 @@ def test_a_generated_scene_shows_all_three_tasks(demo: Page) -> None:
     expect(demo.locator("body")).to_have_attribute("data-state", "done", timeout=WAIT_MS)
     for panel in PANELS:
         expect(demo.locator(panel)).to_be_visible()
-        # Each panel holds a decoded picture of the scene's size.
-        assert demo.eval_on_selector(panel, "img => img.complete && img.naturalWidth") == 48
+        # Each panel holds a picture of the scene's size.
+        assert demo.eval_on_selector(panel, PICTURE_WIDTH) == 48
     expect(demo.locator("#timings tbody tr")).to_have_count(7)
     expect(demo.locator("#classes tbody tr").first).to_be_visible()
     expect(demo.locator("#status")).to_contain_text("48×32 px")
@@ -149,7 +152,7 @@ def test_an_uploaded_image_lists_its_instance(demo: Page, scene_png: bytes) -> N
     assert row[1] == "car" and int(row[2]) > 0
     classes = demo.locator("#classes tbody tr td:first-child").all_inner_texts()
     assert {"car", "road", "sky"} <= set(classes)
-    assert demo.eval_on_selector("#semantic-image", "img => img.naturalWidth") == 100
+    assert demo.eval_on_selector("#semantic-image", PICTURE_WIDTH) == 100
 
 
 def test_a_bad_file_shows_the_services_error(demo: Page) -> None:
@@ -167,7 +170,7 @@ def test_depth_beyond_the_pngs_range_is_captioned_so(demo: Page, scene_png: byte
         body["depth"] |= {"min_m": 1.0, "max_m": 1023.984375, "beyond_range": True}
         route.fulfill(json=body)
 
-    demo.route("**/predict?*", beyond_range)
+    demo.route("**/predict", beyond_range)
     demo.set_input_files(
         "#image-file", files=[{"name": "street.png", "mimeType": "image/png", "buffer": scene_png}]
     )
@@ -175,3 +178,115 @@ def test_depth_beyond_the_pngs_range_is_captioned_so(demo: Page, scene_png: byte
     expect(demo.locator("#depth-caption")).to_have_text(
         "Depth: 1.0 m (bright) to beyond 1024.0 m (dark); sky black"
     )
+
+
+def jpeg(rgb: np.ndarray, size: tuple[int, int]) -> bytes:
+    """``rgb`` scaled (nearest) to ``size`` = (width, height), as a JPEG."""
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).resize(size, Image.Resampling.NEAREST).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def legend(page: Page) -> dict[str, str]:
+    """The classes table's legend: class name -> its swatch's colour."""
+    rows = page.locator("#classes tbody tr td:first-child")
+    names = rows.all_inner_texts()
+    colours = page.eval_on_selector_all(
+        "#classes tbody tr td:first-child .swatch", "swatches => swatches.map(s => s.style.background)"
+    )
+    return dict(zip(names, colours, strict=True))
+
+
+def test_a_large_photo_is_scaled_down_in_the_browser_before_upload(demo: Page, scene: np.ndarray) -> None:
+    photo = jpeg(scene, (1600, 1200))
+    demo.set_input_files(
+        "#image-file", files=[{"name": "big.jpg", "mimeType": "image/jpeg", "buffer": photo}]
+    )
+    expect(demo.locator("body")).to_have_attribute("data-state", "done", timeout=WAIT_MS)
+    # The tiny model's input is 48x32: the upload is the smallest 4:3 size covering twice that.
+    expect(demo.locator("#status")).to_contain_text("96×72 px · scaled from 1600×1200 in the browser")
+    uploaded = int(demo.eval_on_selector("body", "b => b.dataset.uploadBytes"))
+    assert 0 < uploaded < len(photo) / 4
+    assert demo.eval_on_selector("#semantic-image", PICTURE_WIDTH) == 96
+    # The legend: each class found, with the model card's colour.
+    colours = legend(demo)
+    assert {"sky", "road", "car"} <= set(colours)
+    assert colours["sky"] == "rgb(70, 130, 180)" and colours["car"] == "rgb(0, 0, 142)"
+
+
+def test_a_photo_dropped_on_the_page_is_predicted(demo: Page, scene_png: bytes) -> None:
+    demo.evaluate(
+        """bytes => {
+            const file = new File([new Uint8Array(bytes)], "dropped.png", { type: "image/png" });
+            const transfer = new DataTransfer();
+            transfer.items.add(file);
+            document.querySelector("#drop-zone").dispatchEvent(
+                new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
+        }""",
+        list(scene_png),
+    )
+    expect(demo.locator("body")).to_have_attribute("data-state", "done", timeout=WAIT_MS)
+    expect(demo.locator("#status")).to_contain_text("100×60 px · 1 instance")
+    assert {"car", "road", "sky"} <= set(legend(demo))
+
+
+def canvas_pixels(page: Page, selector: str) -> np.ndarray:
+    """The RGB pixels drawn on a canvas, ``uint8 [H, W, 3]``."""
+    width, height, values = page.eval_on_selector(
+        selector,
+        """c => [c.width, c.height,
+            Array.from(c.getContext("2d").getImageData(0, 0, c.width, c.height).data)]""",
+    )
+    return np.asarray(values, dtype=np.uint8).reshape(height, width, 4)[..., :3]
+
+
+def test_the_pictures_drawn_in_the_browser_match_the_services_overlays(
+    demo: Page, server: str, scene_png: bytes
+) -> None:
+    demo.set_input_files(
+        "#image-file", files=[{"name": "street.png", "mimeType": "image/png", "buffer": scene_png}]
+    )
+    expect(demo.locator("body")).to_have_attribute("data-state", "done", timeout=WAIT_MS)
+    served = httpx.post(
+        server + "/predict",
+        params={"overlay": "true"},
+        content=scene_png,
+        headers={"Content-Type": "image/png"},
+        timeout=30,
+    ).json()["overlay"]
+    for canvas, field, tolerance in (
+        ("#semantic-image", "png", 1),
+        ("#instances-image", "instances_png", 1),
+        # The browser reads depth back from 1/64 m steps, the service from the model's floats.
+        ("#depth-image", "depth_png", 3),
+    ):
+        expected = decode_png(from_base64(served[field]))
+        drawn = canvas_pixels(demo, canvas)
+        assert drawn.shape == expected.shape
+        difference = np.abs(drawn.astype(int) - expected.astype(int)).max()
+        assert difference <= tolerance, (canvas, difference)
+
+
+def test_quality_figures_say_what_they_were_measured_on(demo: Page) -> None:
+    def with_metrics(route: Route) -> None:
+        card = route.fetch().json()
+        card["metrics"] = {
+            "semantic_miou": 55.2,
+            "semantic_iou_per_class": {"road": 96.3, "car": 73.4, "pole": 0.0, "bus": None},
+        }
+        card["training"] = {"data_source": "procedural", "data_mix": {"procedural": 0.5, "camvid": 0.5}}
+        route.fulfill(json=card)
+
+    demo.route("**/metadata", with_metrics)
+    demo.reload()
+    expect(demo.locator("#model-line")).to_contain_text(
+        "mIoU 55.2% on generated (procedural) validation scenes, not real photos", timeout=WAIT_MS
+    )
+    note = demo.locator("#model-note-text")
+    expect(note).to_contain_text("squeezed to 48×32 pixels")
+    expect(note).to_contain_text("(procedural 50%, camvid 50%)")
+    expect(note).to_contain_text(
+        "Finds (IoU on generated (procedural) validation scenes, not real photos): road 96%, car 73%."
+    )
+    expect(note).to_contain_text("Mostly misses: pole 0%.")
+    expect(note).to_contain_text("never checked: bus")

@@ -51,7 +51,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     408: _error("The body arrived too slowly or not within the server's body timeout."),
     413: _error(
         "Body over the byte limit; image over the pixel, width or height limit; or maps over the "
-        "output-pixel limit (ask for resolution=model)."
+        "output-pixel limit with resolution=original (ask for resolution=auto or model)."
     ),
     415: _error("Not PNG, JPEG or WebP (raw) and not multipart/form-data."),
     422: _error(
@@ -95,8 +95,13 @@ async def predict(
         ),
     ] = "semantic,instances,depth",
     resolution: Annotated[
-        Resolution, Query(description="'original': maps at the image's size; 'model': at the model's.")
-    ] = Resolution.original,
+        Resolution,
+        Query(
+            description="'auto': maps at the image's size when they fit the output budget, else the "
+            "largest size with its aspect ratio that does; 'original': at the image's size, refused "
+            "over the budget; 'model': at the model's input size."
+        ),
+    ] = Resolution.auto,
     overlay: Annotated[bool, Query(description="Also return a coloured overlay PNG.")] = False,
     overlay_alpha: Annotated[float, Query(ge=0.0, le=1.0, description="Overlay opacity.")] = 0.5,
 ) -> Any:
@@ -119,6 +124,4 @@ async def predict(
         # From the header alone, so an image over a limit costs no decoding and no memory.
         check_request(data, settings, maps_at_image_size=resolution is Resolution.original)
         answer = await cancel_on_disconnect(request.receive, pipeline.predict(data, options))
-        return Response(
-            answer.body, media_type=answer.media_type, headers={"Server-Timing": answer.server_timing}
-        )
+        return Response(answer.body, media_type=answer.media_type, headers=answer.headers)
