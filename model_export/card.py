@@ -42,6 +42,26 @@ DATA_TERMS = {
 }
 
 
+# Published weights a model may start from, by sha256: where they come from and their terms.
+PRETRAINED_SOURCES = {
+    "a72d59699801c7ce8e8b89a53af9097eaaa60dc12180ecde86fd700ba1222fe8": {
+        "name": "ESPNetv2 s=2.0, Cityscapes segmentation, 1024x512",
+        "source": "github.com/sacmehta/EdgeNets, model/segmentation/model_zoo/espnetv2/"
+        "espnetv2_s_2.0_city_1024x512.pth",
+        "licence": "MIT (the weights); trained on Cityscapes, whose terms allow non-commercial use only",
+    },
+}
+
+
+def pretrained_weights(config: TrainConfig) -> dict[str, Any] | None:
+    """What the network started from (``None``: random initialisation)."""
+    sha256 = config.model.backbone_sha256
+    if sha256 is None:
+        return None
+    known = PRETRAINED_SOURCES.get(sha256.lower(), {"name": "unrecorded weight file"})
+    return {"sha256": sha256.lower(), **known}
+
+
 def data_terms(config: TrainConfig) -> list[str]:
     """One line per training source saying what its terms mean for the weights."""
     return [DATA_TERMS[name] for name in config.data.sources()]
@@ -94,6 +114,7 @@ def build_model_card(
             "height": config.data.height,
             "width": config.data.width,
             "spatial_multiple": model.output_stride,
+            "fixed_size": model.fixed_input_size,
             "resize": RESIZE,
             "normalisation": "inside the graph",
         },
@@ -102,6 +123,7 @@ def build_model_card(
         "ignore_index": IGNORE_INDEX,
         "task_uncertainty": uncertainty,
         "weighting": config.loss.strategy,
+        "pretrained": pretrained_weights(config),
         "metrics": metrics if metrics is not None else checkpoint_metrics,
         "training": {
             "steps": state.get("step"),

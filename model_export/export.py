@@ -58,12 +58,19 @@ def export_fp32(
     width: int,
     graph_type: type[InferenceGraph] = InferenceGraph,
 ) -> None:
-    """Trace ``model``, wrapped in ``graph_type``, to ONNX at ``path`` with dynamic batch, height, width."""
+    """Trace ``model``, wrapped in ``graph_type``, to ONNX at ``path`` with a dynamic batch.
+
+    Height and width are dynamic too, unless the model computes sizes from its input
+    shape in Python (``fixed_input_size``, e.g. ESPNetv2's pyramid pooling): then the
+    graph is traced, and valid, at ``height`` x ``width`` only, as its card says.
+    """
     graph = graph_type(model).eval()
     example = torch.zeros(2, height, width, 3, dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1, max=1024)
-    rows = torch.export.Dim("height", min=32, max=8192)
-    cols = torch.export.Dim("width", min=32, max=8192)
+    image_dims: dict[int, Any] = {0: batch}
+    if not model.fixed_input_size:
+        image_dims[1] = torch.export.Dim("height", min=32, max=8192)
+        image_dims[2] = torch.export.Dim("width", min=32, max=8192)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
@@ -72,7 +79,7 @@ def export_fp32(
             dynamo=True,
             input_names=[INPUT_NAME],
             output_names=list(OUTPUT_NAMES),
-            dynamic_shapes={"image": {0: batch, 1: rows, 2: cols}},
+            dynamic_shapes={"image": image_dims},
             opset_version=18,
             verbose=False,
         )

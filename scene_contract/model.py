@@ -13,10 +13,12 @@ name                   dtype      shape             meaning
 ``inverse_depth``      float32    [N, 1, H, W]      1/m; 0 = infinitely far (sky)
 =====================  =========  ================  ==============================================
 
-N, H and W are dynamic. H and W should be multiples of ``spatial_multiple`` (the
-backbone's output stride) so features align with pixels; the service resizes every
-image to the training resolution recorded in the card, with the card's ``input.resize``
-filter.
+N is dynamic. H and W are dynamic too unless the card's ``input.fixed_size`` is true:
+then the graph holds its resampling sizes as constants and is valid at exactly the
+card's ``input.height`` x ``input.width``. Dynamic H and W should be multiples of
+``spatial_multiple`` (the backbone's output stride) so features align with pixels. The
+service resizes every image to the size recorded in the card, with the card's
+``input.resize`` filter, so it serves both kinds alike.
 
 The model card is JSON in the ONNX metadata under ``METADATA_KEY``: everything a
 consumer needs to read the outputs (the class table and its colours, each task's σ,
@@ -87,6 +89,9 @@ class ModelCard:
     input_width: int
     spatial_multiple: int
     resize: str
+    # True: the graph is valid at exactly input_height x input_width (sizes inside it
+    # are constants); every image must be resized to that size.
+    fixed_size: bool
     precision: str
     classes: tuple[ClassInfo, ...]
     ignore_index: int
@@ -156,6 +161,9 @@ def parse_model_card(text: str | None) -> ModelCard:
         if learned is not None and not isinstance(learned, bool):
             raise ModelCardError(f"model card task_uncertainty.{task}.learned must be true or false")
         uncertainty[task] = TaskUncertainty(sigma, log_variance, learned)
+    fixed_size = field("input", dict).get("fixed_size", False)
+    if not isinstance(fixed_size, bool):
+        raise ModelCardError(f"model card input.fixed_size must be true or false, got {fixed_size!r}")
     resize = field("input", dict).get("resize", DEFAULT_RESIZE)
     if resize not in RESIZE_FILTERS:
         raise ModelCardError(
@@ -169,6 +177,7 @@ def parse_model_card(text: str | None) -> ModelCard:
         input_width=field("input.width", int),
         spatial_multiple=field("input.spatial_multiple", int),
         resize=resize,
+        fixed_size=fixed_size,
         precision=field("precision", str),
         classes=tuple(classes),
         ignore_index=field("ignore_index", int),

@@ -22,11 +22,18 @@ from training.data.camvid import CAMVID_CLASSES, CAMVID_VOID, CamVidScenes, trai
 from training.data.cityscapes import CityscapesScenes
 from training.data.classes import CLASSES, IGNORE_INDEX, is_thing_table
 from training.data.procedural import SPLITS, ProceduralScenes
-from training.data.sample import DataConfigError
+from training.data.sample import DataConfigError, resize_image
 from training.data.visualize import colorize_inverse_depth, colorize_semantic
 from training.dataset import SceneSource, TaskDataset
 from training.metrics import SceneMetrics
 from training.model import to_model_input
+from training.realdepth import (
+    MeasuredFrame,
+    constant_baseline,
+    depth_metrics,
+    read_measured_frames,
+    summarize,
+)
 
 
 @torch.no_grad()
@@ -150,6 +157,41 @@ def evaluate_camvid(
 
 
 @torch.no_grad()
+def evaluate_real_depth(
+    model: nn.Module, frames: list[MeasuredFrame], height: int, width: int, device: torch.device | None = None
+) -> dict[str, Any]:
+    """Depth of ``model`` on real photos against measured depth (`training.realdepth`).
+
+    Each photo goes in as the service sends it (resized to ``height`` x ``width``);
+    the predicted inverse depth is resized bilinearly back to the photo's size, and
+    depth = 1 / inverse depth is scored where depth was measured, median-scaled, beside
+    a constant depth. Returns per-frame metrics and their means (each frame counts once).
+    """
+    device = device or torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    per_frame: dict[str, dict[str, float]] = {}
+    constant: dict[str, dict[str, float]] = {}
+    for frame in frames:
+        image = to_model_input(torch.from_numpy(resize_image(frame.image, height, width)))[None].to(device)
+        inverse = model(image)["inverse_depth"].float()
+        inverse = F.interpolate(inverse, size=frame.depth.shape, mode="bilinear", align_corners=False)
+        inverse_np = inverse[0, 0].cpu().numpy().astype(np.float64)
+        with np.errstate(divide="ignore"):
+            depth = np.where(inverse_np > 0, 1.0 / np.maximum(inverse_np, 1e-12), np.inf)
+        per_frame[frame.name] = depth_metrics(depth, frame.depth)
+        constant[frame.name] = constant_baseline(frame.depth)
+    model.train(was_training)
+    return {
+        "frames": len(frames),
+        "model": summarize(per_frame),
+        "constant_depth": summarize(constant),
+        "per_frame": per_frame,
+        "per_frame_constant": constant,
+    }
+
+
+@torch.no_grad()
 def camvid_prediction_grid(
     model: nn.Module, scenes: CamVidScenes, count: int = 4, with_data: bool = False
 ) -> Image.Image:
@@ -266,6 +308,13 @@ def main(argv: list[str] | None = None) -> int:
         help="PNG of the model's predictions on CamVid val frames (predictions only; with --camvid)",
     )
     parser.add_argument(
+        "--realdepth",
+        type=Path,
+        help="also score depth on the real photos with measured depth under this folder "
+        "(cityscapes_tiny/, kitti/): median-scaled AbsRel, delta<1.25, rank correlation, beside a "
+        "constant depth",
+    )
+    parser.add_argument(
         "--baseline-scenes",
         type=int,
         default=200,
@@ -299,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         camvid = CamVidScenes(args.camvid, split="val", height=h, width=w) if args.camvid else None
         if args.camvid_grid and camvid is None:
             raise DataConfigError("--camvid-grid needs --camvid ROOT")
+        measured = read_measured_frames(args.realdepth) if args.realdepth else None
     except (CheckpointError, DataConfigError) as error:
         print(f"scene-eval: error: {error}", file=sys.stderr)
         return 2
@@ -317,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.camvid_grid:
             args.camvid_grid.parent.mkdir(parents=True, exist_ok=True)
             camvid_prediction_grid(model, camvid).save(args.camvid_grid)
+    if measured is not None:
+        report["realdepth"] = {"root": str(args.realdepth)} | evaluate_real_depth(model, measured, h, w)
     if not args.cityscapes and args.baseline_scenes:
         # The training split and seed of the checkpoint, so the constants are what a
         # model could have learned without looking at an image.
@@ -338,6 +390,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{k} {v:.1f}" for k, v in scores["camvid_iou_per_class"].items() if v is not None
         )
         print(f"CamVid val ({scores['frames']} frames): mIoU {scores['camvid_miou']:.1f}%  [{per_class}]")
+    if "realdepth" in report:
+        real = report["realdepth"]
+        model_scores, flat = real["model"], real["constant_depth"]
+        print(
+            f"real depth ({real['frames']} frames): AbsRel {model_scores['abs_rel']:.3f} "
+            f"(constant {flat['abs_rel']:.3f})  delta<1.25 {model_scores['delta1']:.3f} "
+            f"(constant {flat['delta1']:.3f})  rank correlation {model_scores['spearman']:.3f}"
+        )
     if "baselines" in report:
         base = report["baselines"]
         print(

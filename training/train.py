@@ -222,6 +222,10 @@ def train(config: TrainConfig, placement: Placement) -> dict[str, Any]:
 
 
 def build_training_state(config: TrainConfig, placement: Placement) -> TrainingState:
+    if config.model.backbone_weights is None:
+        # No file, no pretrained start: the checkpoint and the model card must not
+        # record the expected checksum as if the run had started from it.
+        config.model.backbone_sha256 = None
     try:
         model = build_model(config.model).to(placement.device)
     except (FileNotFoundError, ValueError) as error:
