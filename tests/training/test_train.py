@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -137,9 +138,9 @@ def test_non_finite_loss_stops_with_task_and_step_and_keeps_last_checkpoint(
     calls = {"n": 0}
 
     def poisoned(
-        outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
+        outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], **options: Any
     ) -> dict[str, torch.Tensor]:
-        losses = real(outputs, targets)
+        losses = real(outputs, targets, **options)
         calls["n"] += 1
         if calls["n"] == 5:  # the step with index 4, after the checkpoint at step 3
             losses["depth"] = losses["depth"] * float("nan")
