@@ -43,9 +43,7 @@ class Copy:
 
 def tracked_files(root: Path) -> list[str]:
     """The files a fresh clone of the repository has, slash-separated and relative to it."""
-    result = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True, timeout=60
-    )
+    result = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True, timeout=60)
     return [name for name in result.stdout.decode().split("\0") if name]
 
 
@@ -75,7 +73,9 @@ def context_copies(dockerfile: Path) -> list[Copy]:
         if any(flag.startswith("--from=") for flag in instruction.flags) or instruction.heredocs:
             continue
         sources = tuple(
-            source for source in instruction.args[:-1] if not source.startswith(("http://", "https://", "git@"))
+            source
+            for source in instruction.args[:-1]
+            if not source.startswith(("http://", "https://", "git@"))
         )
         copies.append(Copy(instruction.start_line, instruction.original, sources))
     return copies
@@ -126,7 +126,12 @@ def test_every_copy_finds_its_source_in_the_build_context(image: str, files: lis
 
 def test_the_serving_context_holds_the_model_and_the_service_but_no_caches(files: list[str]) -> None:
     context = context_files(files, ignore_rules(IMAGES["serving"], ROOT))
-    for needed in ("models/default/model.onnx", "scene_contract/model.py", "service/cli.py", "pyproject.toml"):
+    for needed in (
+        "models/default/model.onnx",
+        "scene_contract/model.py",
+        "service/cli.py",
+        "pyproject.toml",
+    ):
         assert needed in context
     assert not any("__pycache__" in path or path.startswith((".venv", "runs/", ".git/")) for path in context)
     assert not any(path.startswith(("tests/", "docs/", "bench/")) for path in context)
