@@ -20,17 +20,16 @@ start does.
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
 from service.gpu import WORKER_SLOTS_ENV
+from service.logs import log_config
 from service.metrics import MULTIPROC_ENV
 from service.runtime import ModelLoadError, open_model
 from service.settings import Settings, get_settings
@@ -61,15 +60,6 @@ def build_parser(defaults: Settings) -> argparse.ArgumentParser:
         help="(default: %(default)s)",
     )
     return parser
-
-
-def log_config(level: str) -> dict[str, Any]:
-    """uvicorn's logging set-up plus the service's own loggers at ``level``."""
-    from uvicorn.config import LOGGING_CONFIG
-
-    config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
-    config["loggers"]["service"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
-    return config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             port=args.port,
             workers=args.workers,
             log_level=args.log_level,
-            log_config=log_config(args.log_level),
+            log_config=log_config(args.log_level, defaults.log_format),
             timeout_graceful_shutdown=defaults.shutdown_timeout_s,
             # Above the idle timeout of the proxy in front, so the proxy, not uvicorn, closes
             # idle connections; else a request sent as uvicorn closes one fails with a 502.

@@ -17,7 +17,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.cli import STARTUP_FAILURE, log_config, main
+from service.cli import STARTUP_FAILURE, main
+from service.logs import log_config
 from service.metrics import MULTIPROC_ENV
 
 
