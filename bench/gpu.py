@@ -47,6 +47,8 @@ import onnxruntime as ort
 
 from bench import peer
 from scene_contract.model import INPUT_NAME, OUTPUT_NAMES
+from service import runtime
+from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
@@ -127,16 +129,12 @@ def export_models(folder: Path, dry_run: bool, model: Path | None = None) -> dic
 
 
 def provider_options(provider: str, precision: str, cache: Path) -> list[Any]:
-    if provider == "TensorrtExecutionProvider":
-        options = {
-            "trt_engine_cache_enable": "True",
-            "trt_engine_cache_path": str(cache),
-            "trt_fp16_enable": "True" if precision == "fp16" else "False",
-        }
-        return [(provider, options), "CUDAExecutionProvider", "CPUExecutionProvider"]
-    if provider == "CUDAExecutionProvider":
-        return [provider, "CPUExecutionProvider"]
-    return [provider]
+    """What ORT is handed for ``provider``: the options scene-serve gives it from the same
+    settings (SCENE_TRT_FP16, SCENE_TRT_ENGINE_CACHE_DIR, the cuDNN search), with the
+    providers after it as fallbacks."""
+    settings = Settings(trt_fp16=precision == "fp16", trt_engine_cache_dir=cache)
+    order = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    return list(runtime.provider_options(order[order.index(provider) :], settings, device_id=0))
 
 
 def time_model(

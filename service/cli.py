@@ -12,25 +12,28 @@ docs/serving.md's table is checked against.
 With ``--workers`` above 1, each worker is a process with its own metrics; unless
 ``PROMETHEUS_MULTIPROC_DIR`` is already set, a fresh temporary directory is made for
 prometheus_client's multiprocess mode (and removed on exit), so /metrics reports the
-sum over all workers whichever worker answers the scrape. The model is checked once
-before the workers start, so a model that cannot be served ends the start with
-status 3, as a single worker's failed start does.
+sum over all workers whichever worker answers the scrape. A folder of worker slots is
+made the same way, from which each worker takes its number, and so its GPU
+(`service.gpu.worker_index`). The model is checked once before the workers start, so a
+model that cannot be served ends the start with status 3, as a single worker's failed
+start does.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import shutil
 import sys
 import tempfile
 import textwrap
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Literal, get_args, get_origin
 
 from pydantic import ValidationError
 
+from service.gpu import WORKER_SLOTS_ENV
+from service.logs import log_config
 from service.metrics import MULTIPROC_ENV
 from service.runtime import ModelLoadError, open_model
 from service.settings import Settings, get_settings
@@ -106,15 +109,6 @@ def build_parser(defaults: Settings) -> argparse.ArgumentParser:
     return parser
 
 
-def log_config(level: str) -> dict[str, Any]:
-    """uvicorn's logging set-up plus the service's own loggers at ``level``."""
-    from uvicorn.config import LOGGING_CONFIG
-
-    config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
-    config["loggers"]["service"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
-    return config
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
         defaults = Settings()
@@ -144,10 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["SCENE_LOG_LEVEL"] = args.log_level
     get_settings.cache_clear()
 
-    own_metrics_dir = None
+    own_dirs: list[str] = []
     if args.workers > 1 and not os.environ.get(MULTIPROC_ENV):
-        own_metrics_dir = tempfile.mkdtemp(prefix="scene-prometheus-")
-        os.environ[MULTIPROC_ENV] = own_metrics_dir
+        own_dirs.append(tempfile.mkdtemp(prefix="scene-prometheus-"))
+        os.environ[MULTIPROC_ENV] = own_dirs[-1]
+    if args.workers > 1:
+        # Each worker locks a numbered slot here: worker i runs on GPU i mod N (service.gpu).
+        own_dirs.append(tempfile.mkdtemp(prefix="scene-serve-workers-"))
+        os.environ[WORKER_SLOTS_ENV] = own_dirs[-1]
 
     import uvicorn
 
@@ -159,12 +157,15 @@ def main(argv: list[str] | None = None) -> int:
             port=args.port,
             workers=args.workers,
             log_level=args.log_level,
-            log_config=log_config(args.log_level),
+            log_config=log_config(args.log_level, defaults.log_format),
             timeout_graceful_shutdown=defaults.shutdown_timeout_s,
+            # Above the idle timeout of the proxy in front, so the proxy, not uvicorn, closes
+            # idle connections; else a request sent as uvicorn closes one fails with a 502.
+            timeout_keep_alive=defaults.keep_alive_timeout_s,
         )
     finally:
-        if own_metrics_dir is not None:
-            shutil.rmtree(own_metrics_dir, ignore_errors=True)
+        for folder in own_dirs:
+            shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 

@@ -26,6 +26,8 @@ code                           status  when
 ``unsupported_media_type``     415     not multipart/form-data, image/png, image/jpeg
                                        or image/webp; or a real image in another format
 ``validation_error``           422     bad query parameter, or no ``image`` field
+``invalid_inference_request``  400     a /v2 infer request with a wrong shape,
+                                       datatype, tensor name or binary layout
 ``not_ready``                  503     the model is still loading or warming up
 ``unhealthy``                  503     liveness: warm-up failed, a restart may help
 ``queue_full``                 503     the batcher's queue is full; has ``Retry-After``
@@ -39,7 +41,9 @@ code                           status  when
                                        counted, never as a server error)
 =============================  ======  ================================================
 
-Every error increments ``scene_errors_total{reason=<code>}``.
+Every error increments ``scene_errors_total{reason=<code>}``. Under ``/v2`` (the open
+inference protocol) the body is the protocol's own ``{"error": "<message>"}``, with the
+same status and the same count.
 """
 
 from __future__ import annotations
@@ -182,14 +186,29 @@ class InferenceTimeoutError(ServiceError):
     code = "timeout"
 
 
+class InvalidInferenceRequestError(ServiceError):
+    """An open inference protocol request that does not fit the protocol or the model."""
+
+    status_code = 400
+    code = "invalid_inference_request"
+
+
+V2_PREFIX = "/v2"
+
+
 def error_response(
-    status_code: int, code: str, message: str, headers: Mapping[str, str] | None = None
+    status_code: int,
+    code: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    *,
+    path: str = "",
 ) -> JSONResponse:
-    """The one error shape, counted in ``scene_errors_total``."""
+    """The error shape for ``path`` (the protocol's under /v2), counted in ``scene_errors_total``."""
     metrics.ERRORS.labels(reason=code).inc()
-    return JSONResponse(
-        {"error": {"code": code, "message": message}}, status_code=status_code, headers=dict(headers or {})
-    )
+    v2 = path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
+    body: dict[str, object] = {"error": message if v2 else {"code": code, "message": message}}
+    return JSONResponse(body, status_code=status_code, headers=dict(headers or {}))
 
 
 _HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
@@ -199,7 +218,7 @@ async def _service_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, ServiceError)
     if isinstance(error, ClientDisconnectedError):
         logger.info("client disconnected: %s %s (%s)", request.method, request.url.path, error.message)
-    return error_response(error.status_code, error.code, error.message, error.headers)
+    return error_response(error.status_code, error.code, error.message, error.headers, path=request.url.path)
 
 
 async def _client_disconnect(request: Request, _: Exception) -> JSONResponse:
@@ -208,24 +227,26 @@ async def _client_disconnect(request: Request, _: Exception) -> JSONResponse:
     return await _service_error(request, ClientDisconnectedError("while the body was being sent"))
 
 
-async def _http_error(_: Request, error: Exception) -> JSONResponse:
+async def _http_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, StarletteHTTPException)
     code = _HTTP_CODES.get(error.status_code, "http_error")
-    return error_response(error.status_code, code, str(error.detail), error.headers)
+    return error_response(error.status_code, code, str(error.detail), error.headers, path=request.url.path)
 
 
-async def _validation_error(_: Request, error: Exception) -> JSONResponse:
+async def _validation_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
     problems = "; ".join(
         f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}" for problem in error.errors()
     )
-    return error_response(422, "validation_error", problems or "invalid request")
+    return error_response(422, "validation_error", problems or "invalid request", path=request.url.path)
 
 
 async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
     # The message stays generic so internals (paths, shapes) never reach clients.
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
-    return error_response(500, "internal_error", "internal server error; see the server log")
+    return error_response(
+        500, "internal_error", "internal server error; see the server log", path=request.url.path
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

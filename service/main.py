@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
-from service.api.middleware import RequestMetricsMiddleware
+from service.api.middleware import REQUEST_ID_HEADER, RequestIdMiddleware, RequestMetricsMiddleware
 from service.api.routes import api_router
 from service.api.routes.demo import STATIC_DIR
 from service.errors import install_error_handlers
@@ -55,13 +55,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "Accept"],
-            expose_headers=["Retry-After", "Server-Timing"],
+            allow_headers=["Authorization", "Content-Type", "Accept", REQUEST_ID_HEADER],
+            expose_headers=["Retry-After", "Server-Timing", REQUEST_ID_HEADER],
         )
     app.include_router(api_router)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     if settings.api_token is None:
         app.openapi = _openapi_without_auth(app)  # type: ignore[method-assign]
+    # Outside Starlette's own outermost error middleware, so a 500 carries the id too.
+    build_stack = app.build_middleware_stack
+    app.build_middleware_stack = lambda: RequestIdMiddleware(build_stack())  # type: ignore[method-assign]
     return app
 
 

@@ -67,7 +67,7 @@ BATCH_SIZE = Histogram(
 )
 IN_FLIGHT = Gauge(
     "scene_predict_in_flight",
-    "/predict requests being handled right now.",
+    "/predict and /v2/models/{name}/infer requests being handled right now.",
     multiprocess_mode="livesum",
 )
 MODEL_INFO = Gauge(

@@ -17,12 +17,21 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
+import numpy.typing as npt
 from anyio import CapacityLimiter, to_thread
 
-from scene_contract.model import INSTANCE_OFFSETS, INVERSE_DEPTH, SEMANTIC, SEMANTIC_CONFIDENCE
+from scene_contract.model import (
+    INSTANCE_OFFSETS,
+    INVERSE_DEPTH,
+    OUTPUT_NAMES,
+    SEMANTIC,
+    SEMANTIC_CONFIDENCE,
+)
 from service.batching import MicroBatcher
 from service.errors import InferenceTimeoutError
 from service.imaging import RGBImage, decode_upload, preprocess, resize_bilinear, resize_nearest
@@ -33,6 +42,8 @@ from service.responses import ResponseEncoder
 from service.runtime import ModelRuntime, Outputs
 from service.schemas import MapSize, RequestedOutput
 from service.settings import Settings
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -114,6 +125,37 @@ class Pipeline:
             image_size, options.resolution, self.runtime.input_size, self.settings.max_output_pixels
         )
 
+    async def infer(self, images: npt.NDArray[np.uint8] | list[bytes]) -> Outputs:
+        """The model's outputs for a batch, for the open inference protocol.
+
+        ``images`` is ``uint8 [N, H, W, 3]`` at the model's input size, or N encoded
+        images, decoded and resized as for /predict. Each image goes through the
+        micro-batcher on its own; the outputs come back stacked, batch axis first, at
+        the model's input size. The whole call gets ``request_timeout_s``; when one
+        image fails, the others are cancelled.
+        """
+        timeout_s = self.settings.request_timeout_s
+        clock = StageClock()
+        try:
+            async with asyncio.timeout(timeout_s):
+                if isinstance(images, list):
+                    inputs = await _all(self._prepare_encoded(data, clock) for data in images)
+                else:
+                    inputs = list(images)
+                results = await _all(self.batcher.infer(image, timeout_s) for image in inputs)
+        except TimeoutError:
+            raise InferenceTimeoutError(f"no answer within {timeout_s:g} s; server overloaded") from None
+        clock.record("queue_wait", max(result.queue_wait_s for result in results))
+        clock.record("inference", max(result.inference_s for result in results))
+        return {name: np.stack([result.outputs[name] for result in results]) for name in OUTPUT_NAMES}
+
+    async def _prepare_encoded(self, data: bytes, clock: StageClock) -> RGBImage:
+        with self.batcher.incoming():
+            _, _, model_input = await to_thread.run_sync(
+                self._prepare, data, PredictOptions(), clock, limiter=self.cpu_limiter
+            )
+        return model_input
+
     def _prepare(
         self, data: bytes, options: PredictOptions, clock: StageClock
     ) -> tuple[RGBImage | None, tuple[tuple[int, int], MapSize], RGBImage]:
@@ -188,3 +230,13 @@ class Pipeline:
             clock=clock,
             map_size=map_size,
         )
+
+
+async def _all(awaitables: Iterable[Awaitable[T]]) -> list[T]:
+    """The results in order; the first failure cancels the rest (so no image is run for nobody)."""
+    tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()

@@ -28,7 +28,7 @@ from scene_contract.model import (
     parse_model_card,
 )
 from service import metrics
-from service.gpu import cuda_devices
+from service.gpu import cuda_devices, device_for_worker, worker_index
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ _EXPECTED_TYPES = {
 }
 
 Outputs = dict[str, npt.NDArray[Any]]
+# What ONNX Runtime's ``providers=`` takes: names, each with its options.
+ProviderOptions = list[tuple[str, dict[str, str]]]
 
 
 class ModelLoadError(RuntimeError):
@@ -76,6 +78,35 @@ def choose_providers(preferred: list[str], available: list[str]) -> list[str]:
     return chosen
 
 
+def provider_options(providers: list[str], settings: Settings, device_id: int) -> ProviderOptions:
+    """``providers`` with the options the settings give each, as ONNX Runtime takes them.
+
+    CUDA: the device, the cuDNN convolution search and the arena's memory limit.
+    TensorRT: the device, fp16 engines, and with a cache folder the engine and timing
+    caches (engine builds take minutes on large graphs; the cache makes them once per
+    model, GPU and TensorRT version). The CPU provider takes none.
+    """
+    configured: ProviderOptions = []
+    for name in providers:
+        options: dict[str, str] = {}
+        if name == "CUDAExecutionProvider":
+            options = {"device_id": str(device_id), "cudnn_conv_algo_search": settings.cudnn_conv_algo_search}
+            if settings.cuda_mem_limit_bytes:
+                options["gpu_mem_limit"] = str(settings.cuda_mem_limit_bytes)
+        elif name == "TensorrtExecutionProvider":
+            options = {"device_id": str(device_id), "trt_fp16_enable": str(settings.trt_fp16)}
+            if settings.trt_engine_cache_dir is not None:
+                cache = str(settings.trt_engine_cache_dir)
+                options |= {
+                    "trt_engine_cache_enable": "True",
+                    "trt_engine_cache_path": cache,
+                    "trt_timing_cache_enable": "True",
+                    "trt_timing_cache_path": cache,
+                }
+        configured.append((name, options))
+    return configured
+
+
 def batch_plan(settings: Settings, provider: str) -> tuple[int, int]:
     """``(streams, max_batch_size)`` for the provider in use, where the settings leave them at 0.
 
@@ -90,8 +121,9 @@ def batch_plan(settings: Settings, provider: str) -> tuple[int, int]:
     return streams, max_batch_size
 
 
-def _spec(node: Any) -> TensorSpec:
-    shape = tuple(dim if isinstance(dim, int) else -1 for dim in node.shape)
+def _spec(node: Any, sizes: dict[str, int]) -> TensorSpec:
+    """``node``'s spec, its named axes replaced by ``sizes`` where known, -1 otherwise."""
+    shape = tuple(dim if isinstance(dim, int) else sizes.get(dim, -1) for dim in node.shape)
     return TensorSpec(node.name, _V2_DATATYPES.get(node.type, node.type), shape)
 
 
@@ -111,6 +143,7 @@ class ModelRuntime:
         *,
         io_binding: bool | None = None,
         lone_session: ort.InferenceSession | None = None,
+        name: str | None = None,
     ) -> None:
         self._session = session
         # On a CPU the streams split the cores, one thread each; a run that starts while
@@ -120,20 +153,32 @@ class ModelRuntime:
         self._active_runs = 0
         self._active_lock = threading.Lock()
         self.card = card
+        # What clients call the model in the open inference protocol (/v2/models/{name}).
+        self.name = name or card.name
         self.provider: str = session.get_providers()[0]
         # On a GPU, IO binding lets ORT copy the batch to the device once and write the
         # outputs straight into host buffers, instead of staging both through session.run.
         self._io_binding = self.provider in GPU_PROVIDERS if io_binding is None else io_binding
         self._ready = threading.Event()
-        self.inputs = [_spec(node) for node in session.get_inputs()]
-        self.outputs = [_spec(node) for node in session.get_outputs()]
+        # The service runs every image at the card's input size, so the input's height and
+        # width axes are that size wherever the graph leaves them open; the batch stays -1.
+        [image] = session.get_inputs()
+        sizes = {
+            str(dim): size
+            for dim, size in zip(image.shape[1:3], self.input_size, strict=True)
+            if not isinstance(dim, int)
+        }
+        self.inputs = [_spec(node, sizes) for node in session.get_inputs()]
+        self.outputs = [_spec(node, sizes) for node in session.get_outputs()]
 
     @classmethod
     def load(cls, settings: Settings) -> ModelRuntime:
         """Open ``settings.model_path`` with the best available providers and check the contract."""
         providers = choose_providers(settings.providers, ort.get_available_providers())
+        device = 0
         if GPU_PROVIDERS.intersection(providers):
             devices, why_none = cuda_devices()
+            device = device_for_worker(worker_index(), settings.cuda_device_ids, devices)
             if devices == 0 and any(name not in GPU_PROVIDERS for name in providers):
                 skipped = [name for name in providers if name in GPU_PROVIDERS]
                 providers = [name for name in providers if name not in GPU_PROVIDERS]
@@ -154,7 +199,8 @@ class ModelRuntime:
             threads = max(1, cores // (settings.inference_streams or cores))
         # Idle ORT threads otherwise spin on the CPU, burning the core that decoding and
         # encoding of other requests need.
-        session, card = open_model(settings.model_path, providers, threads, allow_spinning=not cpu_only)
+        configured = provider_options(providers, settings, device)
+        session, card = open_model(settings.model_path, configured, threads, allow_spinning=not cpu_only)
         lone_session = None
         cores = os.cpu_count() or 1
         if cpu_only and not settings.intra_op_threads and threads < cores:
@@ -163,18 +209,22 @@ class ModelRuntime:
             # runs only when nothing else does, and its threads stop spinning when the run
             # returns.
             lone_session, _ = open_model(
-                settings.model_path, providers, cores, allow_spinning=True, spin_only_in_runs=True
+                settings.model_path, configured, cores, allow_spinning=True, spin_only_in_runs=True
             )
-        runtime = cls(session, card, lone_session=lone_session)
+        runtime = cls(session, card, lone_session=lone_session, name=settings.model_name)
         if runtime.provider != providers[0]:
             logger.warning("preferred %s is unavailable here; running on %s", providers[0], runtime.provider)
         logger.info(
-            "loaded %s %s (%dx%d) on %s",
+            "loaded %s %s (%dx%d) as %r on %s, worker %d, options %s",
             card.name,
             card.version,
             card.input_width,
             card.input_height,
+            runtime.name,
             runtime.provider,
+            worker_index(),
+            # What ORT reports it took, which on a GPU includes the device and the caches.
+            session.get_provider_options().get(runtime.provider, {}),
         )
         # One model per process: drop the labels of any model loaded before this one.
         metrics.MODEL_INFO.clear()
@@ -243,9 +293,9 @@ class ModelRuntime:
         return dict(zip(OUTPUT_NAMES, values, strict=True))
 
     def v2_metadata(self) -> dict[str, Any]:
-        """The model in the KServe v2 "model metadata" shape."""
+        """The model in the open inference protocol's "model metadata" shape."""
         return {
-            "name": self.card.name,
+            "name": self.name,
             "versions": [self.card.version],
             "platform": "onnxruntime",
             "inputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in self.inputs],
@@ -257,7 +307,7 @@ class ModelRuntime:
 
 def open_model(
     path: Path,
-    providers: list[str],
+    providers: list[str] | ProviderOptions,
     intra_op_threads: int = 0,
     allow_spinning: bool = True,
     spin_only_in_runs: bool = False,

@@ -180,6 +180,23 @@ class V2Ready(BaseModel):
     ready: bool
 
 
+class V2ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class V2Error(BaseModel):
+    """The open inference protocol's error body (every error under /v2)."""
+
+    error: str
+
+
+class V2ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str] = Field(description="Protocol extensions served, e.g. 'binary_tensor_data'.")
+
+
 class V2Tensor(BaseModel):
     name: str
     datatype: str = Field(examples=["UINT8", "FP32"])

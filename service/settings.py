@@ -26,6 +26,8 @@ DEFAULT_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUE
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 InstanceMethod = Literal["peaks", "optics"]
+CudnnSearch = Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"]
+LogFormat = Literal["text", "json"]
 
 
 class Settings(BaseSettings):
@@ -115,8 +117,35 @@ class Settings(BaseSettings):
     instance_method: InstanceMethod = Field(
         default="peaks", description="How instance offsets are grouped into instances."
     )
+    # The open inference protocol, GPU provider options and life behind proxies (docs/serving.md).
+    model_name: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Name the model is served under in /v2/models/{name}; default: the model card's name.",
+    )
+    cuda_device_ids: Annotated[list[int], NoDecode] = Field(
+        default_factory=list,
+        description="GPUs the workers share: worker i runs on the (i mod N)-th; empty: all the driver sees.",
+    )
+    cuda_mem_limit_bytes: int = Field(
+        default=0, ge=0, description="Most GPU memory ORT's CUDA arena may take per worker; 0: no limit."
+    )
+    cudnn_conv_algo_search: CudnnSearch = Field(
+        default="EXHAUSTIVE", description="How cuDNN picks convolution algorithms at the first run."
+    )
+    trt_engine_cache_dir: Path | None = Field(
+        default=None,
+        description="Where TensorRT keeps its built engines across starts; unset: rebuilt each start.",
+    )
+    trt_fp16: bool = Field(default=False, description="Let TensorRT build fp16 engines from the fp32 model.")
+    keep_alive_timeout_s: int = Field(
+        default=75,
+        ge=1,
+        description="Idle seconds a keep-alive connection stays open; keep it above your load balancer's.",
+    )
+    log_format: LogFormat = Field(default="text", description="'text' or 'json' (one object per line).")
 
-    @field_validator("providers", "cors_origins", mode="before")
+    @field_validator("providers", "cors_origins", "cuda_device_ids", mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:
         """Accept ``'["a", "b"]'`` or ``'a,b'`` from the environment."""

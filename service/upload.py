@@ -76,6 +76,20 @@ async def read_image_bytes(request: Request, max_body_bytes: int, pace: BodyPace
     return data
 
 
+async def read_body(request: Request, max_body_bytes: int, pace: BodyPace | None = None) -> bytes:
+    """The whole body, whatever its type, under the same size limit and pace as an image's.
+
+    Raises:
+        BodyTooLargeError: (413) more than ``max_body_bytes``, declared or counted.
+        BodyTimeoutError: (408) the body came too slowly for ``pace``.
+        ClientDisconnect: (Starlette's) the client went away before the body was complete.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
+        raise BodyTooLargeError(f"the body is {int(declared)} bytes; the limit is {max_body_bytes}")
+    return b"".join([chunk async for chunk in _limited(request.stream(), max_body_bytes, pace)])
+
+
 async def _limited(
     stream: AsyncGenerator[bytes, None], max_body_bytes: int, pace: BodyPace | None
 ) -> AsyncGenerator[bytes, None]:

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.errors import NotReadyError, UnauthorizedError
+from service.errors import NotFoundError, NotReadyError, UnauthorizedError
 from service.pipeline import Pipeline
 from service.runtime import ModelRuntime
 from service.settings import Settings
@@ -49,6 +49,16 @@ def get_ready_pipeline(state: StateDep) -> Pipeline:
 
 
 PipelineDep = Annotated[Pipeline, Depends(get_ready_pipeline)]
+
+
+def served_model(runtime: ModelRuntime, name: str, version: str | None = None) -> ModelRuntime:
+    """``runtime`` when ``name`` (and ``version``, if given) is what it is served as; else 404,
+    without saying which model is served."""
+    if name != runtime.name or (version is not None and version != runtime.card.version):
+        described = f"{name!r}" if version is None else f"{name!r} version {version!r}"
+        raise NotFoundError(f"no model named {described} here")
+    return runtime
+
 
 _bearer = HTTPBearer(auto_error=False, description="Needed only when the server sets SCENE_API_TOKEN.")
 

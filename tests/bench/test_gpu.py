@@ -67,3 +67,16 @@ def test_a_fresh_export_gets_a_card_the_service_can_load(
         assert len(cards) == 1, path
         card = parse_model_card(cards[0])  # what the service reads at start-up
         assert len(card.classes) == 19 and card.input_height > 0
+
+
+def test_the_benchmark_hands_onnxruntime_the_services_gpu_options(tmp_path: Path) -> None:
+    [(trt, options), (cuda, cuda_options), (cpu, _)] = gpu.provider_options(
+        "TensorrtExecutionProvider", "fp16", tmp_path
+    )
+    assert (trt, cuda, cpu) == ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+    assert options["trt_fp16_enable"] == "True" and options["trt_engine_cache_path"] == str(tmp_path)
+    assert cuda_options["cudnn_conv_algo_search"] == "EXHAUSTIVE"
+    assert (
+        gpu.provider_options("TensorrtExecutionProvider", "fp32", tmp_path)[0][1]["trt_fp16_enable"]
+        == "False"
+    )

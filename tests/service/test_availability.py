@@ -72,9 +72,11 @@ async def test_not_ready_until_warm_up_is_done(
         async with serve(create_app(make_settings()), ready=False) as client:
             assert (await client.get("/healthz")).status_code == 200
             assert (await client.get("/v2/health/live")).json() == {"live": True}
-            for path in ("/readyz", "/v2/health/ready", "/v2/models/tiny-test/ready"):
+            response = await client.get("/readyz")
+            assert response.status_code == 503 and response.json()["error"]["code"] == "not_ready"
+            for path in ("/v2/health/ready", "/v2/models/tiny-test/ready"):
                 response = await client.get(path)
-                assert response.status_code == 503 and response.json()["error"]["code"] == "not_ready"
+                assert response.status_code == 503 and "warming up" in response.json()["error"]
             refused = await client.post("/predict", content=scene_png, headers=PNG)
             assert refused.status_code == 503 and refused.json()["error"]["code"] == "not_ready"
             assert (await client.get("/metadata")).status_code == 200  # the card is known already

@@ -11,12 +11,14 @@ import tempfile
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.cli import STARTUP_FAILURE, default_text, describe_settings, log_config, main
+from service.cli import STARTUP_FAILURE, default_text, describe_settings, main
+from service.logs import log_config
 from service.metrics import MULTIPROC_ENV
 from service.settings import Settings
 
@@ -41,6 +43,7 @@ def test_two_workers_serve_and_report_summed_metrics(
     model_path: Path, tmp_path: Path, running_server: Callable[..., AbstractContextManager[str]]
 ) -> None:
     metric_dirs = set(glob.glob(os.path.join(tempfile.gettempdir(), "scene-prometheus-*")))
+    slot_dirs = set(glob.glob(os.path.join(tempfile.gettempdir(), "scene-serve-workers-*")))
     with running_server(
         model_path, tmp_path / "server.log", "--workers", "2", "--log-level", "warning"
     ) as base:
@@ -59,6 +62,26 @@ def test_two_workers_serve_and_report_summed_metrics(
     assert not any(name.startswith("python_gc") for name, _ in samples)
     assert samples[("scene_errors_total", (("reason", "corrupt_image"),))] == 4
     assert set(glob.glob(os.path.join(tempfile.gettempdir(), "scene-prometheus-*"))) == metric_dirs
+    # The workers' slot folder (their GPU numbers) goes too.
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "scene-serve-workers-*"))) == slot_dirs
+
+
+def test_keep_alive_outlasts_load_balancer_idle_timeouts(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uvicorn
+
+    started: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: started.update(kwargs))
+    for name in ("SCENE_MODEL_PATH", "SCENE_HOST", "SCENE_PORT", "SCENE_LOG_LEVEL"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))  # main writes them; restored afterwards
+        monkeypatch.delenv(name)
+    assert main(["--model", str(model_path)]) == 0
+    # uvicorn's own default is 5 s; AWS ALB and nginx keep idle connections 60 s.
+    assert started["timeout_keep_alive"] == 75
+    monkeypatch.setenv("SCENE_KEEP_ALIVE_TIMEOUT_S", "620")
+    assert main(["--model", str(model_path)]) == 0
+    assert started["timeout_keep_alive"] == 620
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])

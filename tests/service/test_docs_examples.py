@@ -52,3 +52,23 @@ def test_the_client_example_runs_against_a_server(
     )
     assert result.returncode == 0, result.stderr
     assert "car" in result.stdout  # the scene's one instance
+
+
+def test_the_open_inference_protocol_example_runs_against_a_server(
+    server: str, scene_png: bytes, tmp_path: Path
+) -> None:
+    blocks = re.findall(
+        r"```python\n(.*?)```", (ROOT / "docs" / "serving.md").read_text(encoding="utf-8"), re.DOTALL
+    )
+    [example] = [block for block in blocks if "tritonclient" in block]
+    assert "127.0.0.1:8000" in example and '"scene-mtl-default"' in example
+    (tmp_path / "street.png").write_bytes(scene_png)
+    # The tiny test model stands in for the bundled one, under its own name.
+    script = example.replace("127.0.0.1:8000", server.removeprefix("http://")).replace(
+        "scene-mtl-default", "tiny-test"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("(1, ")

@@ -160,7 +160,10 @@ async def test_bad_query_parameters_are_422(
 async def test_unknown_path_and_wrong_method(client: httpx.AsyncClient) -> None:
     assert_error(await client.get("/nope"), 404, "not_found")
     assert_error(await client.get("/predict"), 405, "method_not_allowed")
-    assert_error(await client.get("/v2/models/other"), 404, "not_found")
+    # Under /v2, the open inference protocol's error: the message alone.
+    response = await client.get("/v2/models/other")
+    assert response.status_code == 404 and response.json() == {"error": "no model named 'other' here"}
+    assert (await client.get("/v2/models/tiny-test/infer")).json()["error"] == "Method Not Allowed"
 
 
 async def test_a_bug_is_a_generic_500_in_the_same_shape(

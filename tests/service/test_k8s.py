@@ -456,6 +456,42 @@ def test_service_pdb_and_monitor_select_the_serving_pods(rendered: dict[str, lis
         assert hpa["spec"]["minReplicas"] > only(documents, "PodDisruptionBudget")["spec"]["maxUnavailable"]
 
 
+def serving_pod_labels(rendered: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, str]]:
+    """The labels each serving pod gets: the Deployments' templates, and for KServe's
+    predictor the label KServe puts on its pods (the InferenceService's name)."""
+    labels = {
+        name: only(rendered[name], "Deployment")["spec"]["template"]["metadata"]["labels"]
+        for name in ("base", "overlays/gpu", "overlays/cpu")
+    }
+    service = only(rendered["kserve"], "InferenceService")["metadata"]["name"]
+    labels["kserve"] = {"serving.kserve.io/inferenceservice": service}
+    return labels
+
+
+def test_serving_pods_spread_over_nodes_and_zones(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    labels = serving_pod_labels(rendered)
+    for name, pod in serving_pod_specs(rendered).items():
+        spread = {constraint["topologyKey"]: constraint for constraint in pod["topologySpreadConstraints"]}
+        assert set(spread) == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}, name
+        for constraint in spread.values():
+            # A selector that missed the pods would spread nothing, silently.
+            assert constraint["labelSelector"]["matchLabels"].items() <= labels[name].items(), name
+            assert constraint["maxSkew"] == 1
+        [preference] = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+        term = preference["podAffinityTerm"]
+        assert term["topologyKey"] == "kubernetes.io/hostname", name
+        assert term["labelSelector"]["matchLabels"].items() <= labels[name].items(), name
+
+
+def test_the_served_model_name_matches_the_inference_service(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    # KServe components ask for /v2/models/<InferenceService name>; the Deployments use the same name.
+    service = only(rendered["kserve"], "InferenceService")["metadata"]["name"]
+    for name, pod in serving_pod_specs(rendered).items():
+        assert env_of(container_of(pod))["SCENE_MODEL_NAME"] == service, name
+
+
 def test_the_dashboard_configmap_is_generated_from_the_json_file(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:

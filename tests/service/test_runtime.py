@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +18,8 @@ import pytest
 
 from scene_contract.model import METADATA_KEY
 from service import runtime as runtime_module
-from service.runtime import ModelLoadError, ModelRuntime, batch_plan, choose_providers
+from service.gpu import WORKER_SLOTS_ENV, device_for_worker
+from service.runtime import ModelLoadError, ModelRuntime, batch_plan, choose_providers, provider_options
 from service.settings import DEFAULT_PROVIDERS, Settings
 
 
@@ -93,20 +96,132 @@ def test_io_binding_path_matches_plain_run(make_settings: Callable[..., Settings
         np.testing.assert_array_equal(got[name], values)
 
 
-def test_v2_metadata_lists_tensors_with_dynamic_axes(
+def test_v2_metadata_gives_the_tensors_at_the_cards_input_size(
     make_settings: Callable[..., Settings], card: dict[str, Any]
 ) -> None:
+    # The graph leaves batch, height and width open; the service runs every image at the
+    # card's size, so that is the shape /v2/models/{name}/infer takes. The batch stays open.
     metadata = ModelRuntime.load(make_settings()).v2_metadata()
     assert metadata["name"] == card["name"] and metadata["versions"] == [card["version"]]
     assert metadata["platform"] == "onnxruntime"
-    assert metadata["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, -1, -1, 3]}]
+    height, width = card["input"]["height"], card["input"]["width"]
+    assert metadata["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, height, width, 3]}]
     outputs = {o["name"]: (o["datatype"], o["shape"]) for o in metadata["outputs"]}
     assert outputs == {
-        "semantic": ("UINT8", [-1, -1, -1]),
-        "semantic_confidence": ("FP32", [-1, -1, -1]),
-        "instance_offsets": ("FP32", [-1, 2, -1, -1]),
-        "inverse_depth": ("FP32", [-1, 1, -1, -1]),
+        "semantic": ("UINT8", [-1, height, width]),
+        "semantic_confidence": ("FP32", [-1, height, width]),
+        "instance_offsets": ("FP32", [-1, 2, height, width]),
+        "inverse_depth": ("FP32", [-1, 1, height, width]),
     }
+
+
+def test_the_served_name_is_a_setting(make_settings: Callable[..., Settings], card: dict[str, Any]) -> None:
+    runtime = ModelRuntime.load(make_settings(model_name="scene-mtl"))
+    assert runtime.name == runtime.v2_metadata()["name"] == "scene-mtl"
+    assert runtime.card.name == card["name"]
+
+
+def test_provider_options_carry_the_gpu_settings(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings(
+        cuda_mem_limit_bytes=6 * 2**30,
+        cudnn_conv_algo_search="HEURISTIC",
+        trt_engine_cache_dir=tmp_path / "engines",
+        trt_fp16=True,
+    )
+    configured = dict(provider_options(list(DEFAULT_PROVIDERS), settings, device_id=3))
+    assert configured["TensorrtExecutionProvider"] == {
+        "device_id": "3",
+        "trt_fp16_enable": "True",
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": str(tmp_path / "engines"),
+        "trt_timing_cache_enable": "True",
+        "trt_timing_cache_path": str(tmp_path / "engines"),
+    }
+    assert configured["CUDAExecutionProvider"] == {
+        "device_id": "3",
+        "cudnn_conv_algo_search": "HEURISTIC",
+        "gpu_mem_limit": str(6 * 2**30),
+    }
+    assert configured["CPUExecutionProvider"] == {}
+
+
+def test_provider_options_leave_out_what_is_not_set(make_settings: Callable[..., Settings]) -> None:
+    configured = dict(provider_options(list(DEFAULT_PROVIDERS), make_settings(), device_id=0))
+    # ORT's own defaults: no memory limit, an exhaustive cuDNN search, fp32 engines, no cache.
+    assert configured["CUDAExecutionProvider"] == {"device_id": "0", "cudnn_conv_algo_search": "EXHAUSTIVE"}
+    assert configured["TensorrtExecutionProvider"] == {"device_id": "0", "trt_fp16_enable": "False"}
+
+
+@pytest.mark.parametrize(
+    ("device_ids", "device_count", "expected"),
+    [
+        ([], 2, [0, 1, 0, 1, 0]),  # every GPU the driver sees, in turn
+        ([2, 3], 4, [2, 3, 2, 3, 2]),  # only the GPUs named
+        ([], 0, [0, 0, 0, 0, 0]),  # none seen: device 0, which ORT reports failing
+    ],
+)
+def test_worker_i_runs_on_gpu_i_mod_n(device_ids: list[int], device_count: int, expected: list[int]) -> None:
+    assert [device_for_worker(worker, device_ids, device_count) for worker in range(5)] == expected
+
+
+def test_each_worker_process_hands_its_gpu_options_to_onnxruntime(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No GPU here, so the session ORT really makes is a CPU one; what is checked is the
+    # providers argument each worker's load hands to ORT.
+    handed: list[Any] = []
+    real_session = ort.InferenceSession
+
+    def recording_session(path: str, **kwargs: Any) -> ort.InferenceSession:
+        handed.append(kwargs["providers"])
+        return real_session(path, sess_options=kwargs["sess_options"], providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "InferenceSession", recording_session)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: list(DEFAULT_PROVIDERS))
+    monkeypatch.setattr(runtime_module, "cuda_devices", lambda: (2, ""))
+    settings = make_settings(
+        providers=["CUDAExecutionProvider", "CPUExecutionProvider"], cuda_mem_limit_bytes=2**30
+    )
+    devices = []
+    for worker in range(3):
+        monkeypatch.setattr(runtime_module, "worker_index", lambda worker=worker: worker)
+        handed.clear()
+        ModelRuntime.load(settings)
+        [(name, options), cpu] = handed[0]
+        assert name == "CUDAExecutionProvider" and cpu == ("CPUExecutionProvider", {})
+        assert options["gpu_mem_limit"] == str(2**30)
+        devices.append(options["device_id"])
+    assert devices == ["0", "1", "0"]
+
+
+def test_workers_take_the_lowest_free_slot_and_a_restarted_one_takes_its_slot_back(tmp_path: Path) -> None:
+    script = "from service.gpu import worker_index; print(worker_index(), flush=True); input()"
+    env = {**os.environ, WORKER_SLOTS_ENV: str(tmp_path)}
+
+    def start() -> tuple[subprocess.Popen[str], int]:
+        process = subprocess.Popen(
+            [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
+        assert process.stdout is not None
+        return process, int(process.stdout.readline())
+
+    first, second = start(), start()
+    try:
+        assert (first[1], second[1]) == (0, 1)
+        first[0].kill()  # a worker crashes; uvicorn starts another in its place
+        first[0].wait(timeout=10)
+        third = start()
+        try:
+            assert third[1] == 0
+        finally:
+            third[0].kill()
+            third[0].wait(timeout=10)
+    finally:
+        for process, _ in (first, second):
+            process.kill()
+            process.wait(timeout=10)
 
 
 def test_missing_model_file_is_reported(make_settings: Callable[..., Settings], tmp_path: Path) -> None:

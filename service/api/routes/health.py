@@ -11,14 +11,17 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from service.api.deps import RuntimeDep, StateDep, require_token
-from service.errors import NotFoundError, NotReadyError, UnhealthyError
-from service.schemas import ErrorResponse, Status, V2Live, V2Ready
+from service.api.deps import RuntimeDep, StateDep, require_token, served_model
+from service.errors import NotReadyError, UnhealthyError
+from service.schemas import ErrorResponse, Status, V2Error, V2Live, V2ModelReady, V2Ready
 
 router = APIRouter(tags=["health"])
 
 _UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorResponse, "description": "Not ready yet, or warm-up failed."}
+}
+_V2_UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {"model": V2Error, "description": "Not ready yet, or warm-up failed."}
 }
 
 
@@ -48,31 +51,48 @@ def readyz(state: StateDep) -> Status:
     return Status(status="ready")
 
 
-@router.get("/v2/health/live", response_model=V2Live, responses=_UNAVAILABLE, summary="KServe v2 liveness")
+@router.get("/v2/health/live", response_model=V2Live, responses=_V2_UNAVAILABLE, summary="KServe v2 liveness")
 def v2_live(state: StateDep) -> V2Live:
     _check_alive(state)
     return V2Live(live=True)
 
 
-@router.get("/v2/health/ready", response_model=V2Ready, responses=_UNAVAILABLE, summary="KServe v2 readiness")
+@router.get(
+    "/v2/health/ready", response_model=V2Ready, responses=_V2_UNAVAILABLE, summary="KServe v2 readiness"
+)
 def v2_ready(state: StateDep) -> V2Ready:
     _check_ready(state)
     return V2Ready(ready=True)
 
 
+_MODEL_READY_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_V2_UNAVAILABLE,
+    401: {"model": V2Error, "description": "Missing or wrong bearer token."},
+    404: {"model": V2Error, "description": "No model by that name (and version)."},
+}
+
+
 @router.get(
     "/v2/models/{name}/ready",
-    response_model=V2Ready,
+    response_model=V2ModelReady,
     dependencies=[Depends(require_token)],
-    responses={
-        **_UNAVAILABLE,
-        401: {"model": ErrorResponse, "description": "Missing or wrong bearer token."},
-        404: {"model": ErrorResponse, "description": "No model by that name."},
-    },
-    summary="KServe v2 model readiness",
+    responses=_MODEL_READY_ERRORS,
+    summary="Open inference protocol (KServe v2): model readiness",
 )
-def v2_model_ready(name: str, state: StateDep, runtime: RuntimeDep) -> V2Ready:
-    if name != runtime.card.name:
-        raise NotFoundError(f"no model named {name!r} here")
+def v2_model_ready(name: str, state: StateDep, runtime: RuntimeDep) -> V2ModelReady:
+    served_model(runtime, name)
     _check_ready(state)
-    return V2Ready(ready=True)
+    return V2ModelReady(name=runtime.name, ready=True)
+
+
+@router.get(
+    "/v2/models/{name}/versions/{version}/ready",
+    response_model=V2ModelReady,
+    dependencies=[Depends(require_token)],
+    responses=_MODEL_READY_ERRORS,
+    summary="Open inference protocol (KServe v2): readiness of a model version",
+)
+def v2_model_version_ready(name: str, version: str, state: StateDep, runtime: RuntimeDep) -> V2ModelReady:
+    served_model(runtime, name, version)
+    _check_ready(state)
+    return V2ModelReady(name=runtime.name, ready=True)
