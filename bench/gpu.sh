@@ -21,18 +21,8 @@ log="$OUT/gpu-run.log"
 
 say() { echo "[gpu.sh $(($(date +%s) - started))s] $*" | tee -a "$log"; }
 
-pick_python() {
-    if [[ -n "${PYTHON:-}" ]]; then echo "$PYTHON"; return; fi
-    if .venv/bin/python -c "import onnxruntime" 2>/dev/null; then echo .venv/bin/python; return; fi
-    if [[ ! -x .venv-gpu/bin/python ]]; then
-        python3 -m venv --system-site-packages .venv-gpu >>"$log" 2>&1 || { echo python3; return; }
-    fi
-    say "installing the train, serve and dev extras into .venv-gpu (at most 180 s)"
-    if ! timeout 180 .venv-gpu/bin/pip install --quiet -e '.[train,serve,dev]' >>"$log" 2>&1; then
-        say "pip install failed or timed out (no package index?); using what is installed"
-    fi
-    echo .venv-gpu/bin/python
-}
+# shellcheck source=bench/gpu_python.sh
+source bench/gpu_python.sh
 
 python=$(pick_python)
 say "python: $python"

@@ -11,10 +11,12 @@ skipped for want of which tool and the command that installs them.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -173,3 +175,34 @@ def camvid_root(tmp_path: Path) -> Path:
 def camvid_frame_labels() -> Callable[[int], np.ndarray]:
     """The CamVid labels of the fixture's frame ``i`` of its split, at full size."""
     return camvid_labels
+
+
+# Names and shapes (no values) of the tensors in the published ESPNetv2 s=2.0 Cityscapes file.
+ESPNETV2_LAYOUT = Path(__file__).parent / "training" / "fixtures" / "espnetv2_s2_city_layout.json"
+
+
+@pytest.fixture(scope="session")
+def espnetv2_layout() -> dict[str, list[int]]:
+    layout: dict[str, list[int]] = json.loads(ESPNETV2_LAYOUT.read_text())
+    return layout
+
+
+@pytest.fixture(scope="session")
+def fake_espnetv2(espnetv2_layout: dict[str, list[int]]) -> Callable[[int], dict[str, Any]]:
+    """``make(seed)``: a state dict with the published file's names and shapes and random
+    values that keep activations finite, for the loader and the recipe without the file."""
+    import torch
+
+    def make(seed: int) -> dict[str, Any]:
+        generator = torch.Generator().manual_seed(seed)
+        tensors = {}
+        for name, shape in espnetv2_layout.items():
+            noise = torch.randn(shape, generator=generator)
+            if len(shape) == 4:  # convolutions: scaled by fan-in
+                noise /= (shape[1] * shape[2] * shape[3]) ** 0.5
+            elif name.endswith("running_var"):
+                noise = noise.abs() + 0.5
+            tensors[name] = noise
+        return tensors
+
+    return make

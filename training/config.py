@@ -195,6 +195,9 @@ class TrainConfig:
     # End this invocation after this step (checkpoint saved, no final evaluation) while
     # keeping the learning-rate schedule of `steps`; `resume` later goes on from there.
     stop_at: int | None = None
+    # End this invocation, the same way, once this many minutes of training have passed
+    # (a lent GPU's time slot, a CPU chunk); null: no limit.
+    max_minutes: float | None = None
 
     def validate(self) -> None:
         positive = {
@@ -215,6 +218,8 @@ class TrainConfig:
         for key, value in {"eval_every": self.eval_every, "checkpoint_every": self.checkpoint_every}.items():
             if value < 0:
                 raise ConfigError(f"{key}: must be >= 0 (0 = never), got {value}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigError(f"max_minutes: must be positive or null, got {self.max_minutes}")
         if self.stop_at is not None and not 0 < self.stop_at <= self.steps:
             raise ConfigError(f"stop_at: must be between 1 and steps={self.steps}, got {self.stop_at}")
         if self.model.backbone not in BACKBONE_NAMES:

@@ -214,9 +214,9 @@ def train(config: TrainConfig, placement: Placement) -> dict[str, Any]:
     start_step = resume(config, placement, state, end_step) if config.resume else 0
     objective = build_objective(state, placement, semantic_class_weights(config))
     loader = build_loader(config, placement, start_step)
-    train_steps(config, placement, state, objective, loader, start_step, end_step)
-    if end_step < config.steps:
-        pause(config, placement, state, end_step)
+    reached = train_steps(config, placement, state, objective, loader, start_step, end_step)
+    if reached < config.steps:
+        pause(config, placement, state, reached)
         return {}
     return finish(config, placement, state)
 
@@ -325,8 +325,12 @@ def train_steps(
     loader: DataLoader[dict[str, Tensor]],
     start_step: int,
     end_step: int,
-) -> None:
-    """Steps ``start_step`` to ``end_step``: update, log, checkpoint and evaluate on schedule."""
+) -> int:
+    """Steps ``start_step`` to ``end_step``: update, log, checkpoint and evaluate on schedule.
+
+    Returns the step reached: ``end_step``, or less once ``max_minutes`` have passed.
+    """
+    deadline = None if config.max_minutes is None else time.monotonic() + 60 * config.max_minutes
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if placement.on_cuda and config.amp else nullcontext()
     )
@@ -361,7 +365,19 @@ def train_steps(
         progress.update(1)
         if placement.is_main:
             checkpoint_and_evaluate(config, placement, state, done)
+        if deadline is not None and done < end_step and _out_of_time(deadline, placement):
+            progress.close()
+            return done
     progress.close()
+    return end_step
+
+
+def _out_of_time(deadline: float, placement: Placement) -> bool:
+    """Whether ``deadline`` has passed; every process gets the main one's answer, so all stop together."""
+    late = torch.tensor([float(time.monotonic() > deadline)], device=placement.device)
+    if placement.world_size > 1:
+        dist.broadcast(late, src=0)
+    return bool(late.item())
 
 
 def log_step(

@@ -10,9 +10,9 @@ layout of the published file (tensor names and shapes, no values).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,7 +35,6 @@ from training.pretrained import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-LAYOUT = Path(__file__).parent / "fixtures" / "espnetv2_s2_city_layout.json"
 PUBLISHED_SHA256 = "a72d59699801c7ce8e8b89a53af9097eaaa60dc12180ecde86fd700ba1222fe8"
 WEIGHTS = Path(
     os.environ.get(
@@ -43,26 +42,6 @@ WEIGHTS = Path(
     )
 )
 CAMVID = Path(os.environ.get("SCENE_CAMVID_ROOT", REPO.parent / "shared/camvid"))
-
-
-def published_layout() -> dict[str, list[int]]:
-    """Names and shapes of the tensors in the published s=2.0 Cityscapes file."""
-    layout: dict[str, list[int]] = json.loads(LAYOUT.read_text())
-    return layout
-
-
-def fake_published(seed: int = 0) -> dict[str, torch.Tensor]:
-    """A state dict with the published file's names and shapes and random values."""
-    generator = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for name, shape in published_layout().items():
-        noise = torch.randn(shape, generator=generator)
-        if len(shape) == 4:  # convolutions: scaled by fan-in, so activations stay finite
-            noise /= (shape[1] * shape[2] * shape[3]) ** 0.5
-        elif name.endswith("running_var"):
-            noise = noise.abs() + 0.5
-        tensors[name] = noise
-    return tensors
 
 
 def needs_weights() -> Path:
@@ -98,8 +77,10 @@ def test_channel_shuffle_interleaves_the_groups() -> None:
     assert channel_shuffle(x, 3).flatten().tolist() == [0, 2, 4, 1, 3, 5]
 
 
-def test_every_published_tensor_maps_onto_exactly_one_of_ours_with_its_shape() -> None:
-    layout = published_layout()
+def test_every_published_tensor_maps_onto_exactly_one_of_ours_with_its_shape(
+    espnetv2_layout: dict[str, list[int]],
+) -> None:
+    layout = espnetv2_layout
     own = ESPNetv2Segmentation(2.0, classes=20).state_dict()
     mapped = {map_published_key(name): shape for name, shape in layout.items()}
     dropped = [name for name in layout if map_published_key(name) is None]
@@ -133,8 +114,8 @@ def test_an_unknown_tensor_is_refused_by_name() -> None:
         map_published_key("base_net.level5_0.eesp.proj_1x1.conv.weight")
 
 
-def test_loading_is_strict() -> None:
-    published = fake_published()
+def test_loading_is_strict(fake_espnetv2: Callable[[int], dict[str, torch.Tensor]]) -> None:
+    published = fake_espnetv2(0)
     network = ESPNetv2Segmentation(2.0, classes=19)
     load_published(network, published, classes=19)
     # The classifier keeps the 19 train ids and drops the untrained background channel.
@@ -169,12 +150,14 @@ def test_a_file_with_another_checksum_is_refused(tmp_path: Path) -> None:
         read_published(tmp_path / "missing.pth", None)
 
 
-def test_scene_model_starts_from_the_published_network(tmp_path: Path) -> None:
+def test_scene_model_starts_from_the_published_network(
+    tmp_path: Path, fake_espnetv2: Callable[[int], dict[str, torch.Tensor]]
+) -> None:
     path = tmp_path / "published.pth"
-    torch.save(fake_published(seed=3), path)
+    torch.save(fake_espnetv2(3), path)
     model = ESPNetv2SceneModel(ModelConfig(backbone="espnetv2", backbone_weights=str(path))).eval()
     reference = ESPNetv2Segmentation(2.0, 19)
-    load_published(reference, fake_published(seed=3), classes=19)
+    load_published(reference, fake_espnetv2(3), classes=19)
     reference.eval()
     images = torch.rand(1, 3, 64, 128)
     with torch.no_grad():

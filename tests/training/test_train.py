@@ -316,3 +316,16 @@ def test_clipping_bounds_the_network_and_leaves_log_variances_to_their_own_bound
     after = {t: weighting.get_parameter(f"task_log_variance.{t}").grad.item() for t in grads}  # type: ignore[union-attr]
     # Not scaled by the network's clip factor (1/400 here); only the spike is bounded.
     assert after == pytest.approx({"semantic": -0.3, "instance": -5.0, "depth": 0.5})
+
+
+def test_max_minutes_pauses_a_run_that_resume_goes_on_with(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A limit far below one step's time: the run stops after its first step, checkpointed.
+    assert train(tmp_path, "max_minutes=0.00001") == 0
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 1
+    assert "stopped at step 1 of 6" in capsys.readouterr().err
+    assert not (tmp_path / "metrics.json").exists()
+    assert train(tmp_path, f"resume={tmp_path / 'last.pt'}") == 0
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 6
+    assert [int(r["step"]) for r in read_log(tmp_path)] == [1, 2, 3, 4, 5, 6]
