@@ -10,9 +10,10 @@ Two kinds of measured frames are read (the layout of ``realdepth/``, docs/traini
   maps ``[x, y, z, 1]`` to ``[u·z, v·z, z, 1]``); depth = z at each projected point.
 
 Depth from one image is known up to scale, so predictions are judged as the field
-does: scaled so their median over the measured pixels matches the truth's, then
-`depth_metrics` (AbsRel, δ < 1.25, Spearman rank correlation). A constant depth,
-scaled the same way, is the floor (`constant_baseline`).
+does: scaled so their median over the measured pixels matches the truth's, clipped to
+the 80 m of street depth evaluation (truth beyond it left out), then `depth_metrics`
+(AbsRel, δ < 1.25, Spearman rank correlation). A constant depth, scaled the same way,
+is the floor (`constant_baseline`).
 """
 
 from __future__ import annotations
@@ -143,27 +144,34 @@ def read_measured_frames(root: str | Path) -> list[MeasuredFrame]:
     return frames
 
 
+# The usual range of street depth evaluation (Eigen et al. 2014 on KITTI): truth beyond it
+# is left out (stereo disparity there is a pixel or less, mostly noise) and predictions
+# are clipped to it after scaling, so one pixel predicted as sky costs a bounded error.
+MIN_DEPTH_M, MAX_DEPTH_M = 1e-3, 80.0
+
+
 def depth_metrics(
-    predicted: npt.NDArray[np.floating], measured: npt.NDArray[np.floating]
+    predicted: npt.NDArray[np.floating], measured: npt.NDArray[np.floating], max_depth_m: float = MAX_DEPTH_M
 ) -> dict[str, float]:
-    """Median-scaled depth errors over the pixels measured in ``measured`` (finite, > 0).
+    """Median-scaled depth errors over the pixels measured in ``measured`` (finite, in (0, max_depth_m]).
 
     ``predicted`` (metres, same shape; non-finite or non-positive values count as
-    infinitely far) is scaled by ``median(measured) / median(predicted)`` first.
+    infinitely far) is scaled by ``median(measured) / median(predicted)`` first, then
+    clipped to ``[MIN_DEPTH_M, max_depth_m]``.
 
     Returns:
         ``abs_rel`` (mean ``|p - t| / t``), ``delta1`` (share of pixels with
         ``max(p/t, t/p) < 1.25``), ``spearman`` (rank correlation of p and t; ``nan``
         when either is constant), ``scale`` and ``pixels``.
     """
-    valid = np.isfinite(measured) & (measured > 0)
+    valid = np.isfinite(measured) & (measured > 0) & (measured <= max_depth_m)
     truth = measured[valid].astype(np.float64)
     guess = predicted[valid].astype(np.float64)
     guess = np.where(np.isfinite(guess) & (guess > 0), guess, np.inf)
     if truth.size == 0:
         raise ValueError("no measured pixel to compare with")
     scale = float(np.median(truth) / np.median(guess))
-    scaled = guess * scale
+    scaled = np.clip(guess * scale, MIN_DEPTH_M, max_depth_m)
     ratio = np.maximum(scaled / truth, truth / scaled)
     constant = np.ptp(guess[np.isfinite(guess)]) == 0 if np.isfinite(guess).any() else True
     rank = float("nan") if constant else float(spearmanr(scaled, truth).statistic)
@@ -184,4 +192,9 @@ def constant_baseline(measured: npt.NDArray[np.floating]) -> dict[str, float]:
 def summarize(per_frame: dict[str, dict[str, float]]) -> dict[str, float]:
     """Mean of each metric over frames (each frame counts once, whatever its pixel count)."""
     keys = ("abs_rel", "delta1", "spearman")
-    return {key: float(np.nanmean([m[key] for m in per_frame.values()])) for key in keys}
+    means = {}
+    for key in keys:
+        values = np.array([m[key] for m in per_frame.values()], dtype=np.float64)
+        # A constant has no rank correlation on any frame: nan, not a warning.
+        means[key] = float(values[~np.isnan(values)].mean()) if (~np.isnan(values)).any() else float("nan")
+    return means

@@ -27,6 +27,14 @@ def test_median_scaled_metrics_by_hand() -> None:
     assert metrics["pixels"] == 3
 
 
+def test_truth_beyond_80_m_is_left_out_and_predictions_are_clipped_to_it() -> None:
+    truth = np.array([10.0, 20.0, 40.0, 500.0])
+    predicted = np.array([10.0, 20.0, np.inf, 20.0])  # the third "at infinity" (sky)
+    metrics = depth_metrics(predicted, truth)
+    assert metrics["pixels"] == 3 and metrics["scale"] == pytest.approx(1.0)
+    assert metrics["abs_rel"] == pytest.approx((80 - 40) / 40 / 3)
+
+
 def test_reversed_order_and_a_constant() -> None:
     truth = np.array([1.0, 2.0, 3.0])
     assert depth_metrics(np.array([3.0, 2.0, 1.0]), truth)["spearman"] == pytest.approx(-1.0)
