@@ -5,13 +5,13 @@
     python -m bench.gpu --out results.json --model my/model.onnx   # your own scene-export file
 
 1. Environment: onnxruntime's version and available providers, torch if present.
-2. Models: a freshly built `configs/default.yaml` model (weights do not change the
-   timings) exported with `model_export.export` to fp32 and converted to fp16; without
-   torch, the bundled ``models/default/model.onnx`` as the fp32 file (fp16 skipped).
-   ``--model FILE`` measures that file instead, with an fp16 copy made from it.
+2. Models: the bundled ``models/default/model.onnx`` (or ``--model FILE``) as the fp32
+   file and an fp16 copy made from it (without torch: fp32 alone); a dry run exports a
+   freshly built smoke-config model instead.
 3. Model benchmark: for each provider (CUDA, TensorRT; TensorRT's fp16 is its own
-   ``trt_fp16_enable`` on the fp32 file) and precision, batch 1, 8 and 32 at 128x256
-   and 512x1024, through IO binding with input and outputs on the device (copies
+   ``trt_fp16_enable`` on the fp32 file) and precision, batch 1, 8 and 32 at the card's
+   input size (and at twice its sides when the graph takes any size), through IO
+   binding with input and outputs on the device (copies
    excluded), median ms per run of a few runs after warm-up. Each session's
    ``get_providers()[0]`` is recorded, and a provider that fell back to the CPU is
    reported as such, not timed as a GPU.
@@ -87,12 +87,29 @@ def environment() -> dict[str, Any]:
     return info
 
 
+def model_shapes(model: Path, dry_run: bool) -> list[tuple[int, int, int]]:
+    """(batch, height, width) to time: batches 1, 8 and 32 at the card's input size, and at
+    twice its sides when the graph takes any size (a dry run: 1 and 2 at 64x128)."""
+    if dry_run:
+        return [(1, 64, 128), (2, 64, 128)]
+    import onnx
+
+    from scene_contract.model import METADATA_KEY, parse_model_card
+
+    metadata = onnx.load(str(model), load_external_data=False).metadata_props
+    card = parse_model_card(next((p.value for p in metadata if p.key == METADATA_KEY), None))
+    sizes = [(card.input_height, card.input_width)]
+    if not card.fixed_size:
+        sizes.append((2 * card.input_height, 2 * card.input_width))
+    return [(batch, height, width) for height, width in sizes for batch in (1, 8, 32)]
+
+
 def export_models(folder: Path, dry_run: bool, model: Path | None = None) -> dict[str, Path]:
-    """fp32 and fp16 files: ``model`` and an fp16 copy of it when given, else a freshly built
-    default-config model (smoke config for a dry run); without torch, ``model`` or the
-    bundled model alone (fp16 skipped)."""
+    """fp32 and fp16 files: ``model`` (default: the bundled model) and an fp16 copy of it; a
+    dry run without ``model`` exports a freshly built smoke-config model instead. Without
+    torch, the fp32 file alone (fp16 skipped)."""
     have_torch = importlib.util.find_spec("torch") is not None
-    if model is not None or not have_torch:
+    if model is not None or not have_torch or not dry_run:
         paths = {"fp32": model or REPO / "models/default/model.onnx"}
         if have_torch:
             from model_export.export import convert_fp16
@@ -106,7 +123,7 @@ def export_models(folder: Path, dry_run: bool, model: Path | None = None) -> dic
     from training.config import load_config
     from training.model import build_model
 
-    config = load_config(REPO / ("configs/smoke.yaml" if dry_run else "configs/default.yaml"))
+    config = load_config(REPO / "configs/smoke.yaml")
     torch.manual_seed(0)
     fresh = build_model(config.model).eval()
     paths = {"fp32": folder / "model.onnx", "fp16": folder / "model.fp16.onnx"}
@@ -193,9 +210,10 @@ def time_model(
 
 
 def service(models: dict[str, Path], dry_run: bool, clock: Clock) -> list[dict[str, Any]]:
-    """scene-serve and the naive server on the GPU at 1 and 16 clients, 128x256 PNGs."""
+    """scene-serve and the naive server on the GPU at 1 and 16 clients, PNGs at the model's input size."""
     providers = "CPUExecutionProvider" if dry_run else "CUDAExecutionProvider,CPUExecutionProvider"
-    payload = peer.payloads(smoke=True, requests=8 if dry_run else 400, jpeg_requests=0)[0]
+    size = peer.model_input_size(models["fp32"])
+    payload = peer.payloads(smoke=True, requests=8 if dry_run else 400, jpeg_requests=0, model_size=size)[0]
     rows: list[dict[str, Any]] = []
     for name in peer.SERVERS:
         with peer.server(name, models["fp32"], 0, providers=providers) as base:
@@ -229,11 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     clock = Clock(args.deadline_s)
     results: dict[str, Any] = {"dry_run": args.dry_run, "environment": environment(), "errors": []}
     providers = ["CPUExecutionProvider"] if args.dry_run else list(GPU_PROVIDERS)
-    shapes = (
-        [(1, 64, 128), (2, 64, 128)]
-        if args.dry_run
-        else [(b, h, w) for h, w in ((128, 256), (512, 1024)) for b in (1, 8, 32)]
-    )
+    shapes: list[tuple[int, int, int]] = []
     missing = [p for p in providers if p not in ort.get_available_providers()]
     results["gpu_seen"] = not args.dry_run and not missing
     results["model"] = []
@@ -256,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             models = export_models(Path(tmp), args.dry_run, args.model)
             results["models"] = {k: str(v) for k, v in models.items()}
+            shapes.extend(model_shapes(models["fp32"], args.dry_run))
             # TensorRT last: its engine builds are what may run out of time.
             for provider in providers[:1]:
                 time_provider(provider, models)

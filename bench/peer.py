@@ -1,14 +1,16 @@
 """scene-serve against a naive FastAPI + ONNX Runtime server, side by side, in one run.
 
     python -m bench.peer [--model models/default/model.onnx] [--naive-model FILE] [--clients 1 4 16 32]
+                         [--photo street.jpg]
                          [--rounds 3] [--requests 200] [--jpeg-requests 40]
                          [--load-generator hey|httpx] [--json out.json] [--smoke]
 
 Both servers run at once on 127.0.0.1 with the same model on the CPU provider:
 ``scene-serve`` with its defaults, and `bench.naive_server` (one ``session.run`` per
 request in the thread pool, Pillow, two base64 PNGs back). Each is sent the same
-images — a 128x256 PNG street scene and a 2048x1024 JPEG of a scene rendered at that
-size — at each client count, a bounded number of requests per round, closed loop
+images — a PNG street scene at the model's input size, a 2048x1024 JPEG of a scene
+rendered at that size, and ``--photo`` if given — at each client count, a bounded
+number of requests per round, closed loop
 (each client sends its next request when the last is answered). Rounds alternate
 which server goes first; every figure is the median over the rounds.
 
@@ -52,7 +54,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from bench.service_latency import free_port, server_process
-from scene_contract.model import INPUT_NAME
+from scene_contract.model import INPUT_NAME, METADATA_KEY, parse_model_card
 from training.data.procedural import ProceduralScenes
 
 SERVERS = ("scene-serve", "naive")
@@ -95,15 +97,32 @@ def scene_image(height: int, width: int, seed: int) -> Image.Image:
     return Image.fromarray(scenes[0].image)
 
 
-def payloads(smoke: bool, requests: int, jpeg_requests: int) -> list[Payload]:
+def model_input_size(model: Path) -> tuple[int, int]:
+    """(height, width) the model's card says it takes."""
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    card = parse_model_card(session.get_modelmeta().custom_metadata_map.get(METADATA_KEY))
+    return card.input_height, card.input_width
+
+
+def payloads(smoke: bool, requests: int, jpeg_requests: int, model_size: tuple[int, int]) -> list[Payload]:
+    """A PNG street scene at the model's input size ``(height, width)`` and a 2048x1024 JPEG scene."""
     png, jpeg = io.BytesIO(), io.BytesIO()
-    scene_image(128, 256, seed=11).save(png, format="PNG")
+    scene_image(*model_size, seed=11).save(png, format="PNG")
     height, width = (256, 512) if smoke else (1024, 2048)
     scene_image(height, width, seed=12).save(jpeg, format="JPEG", quality=90)
     return [
-        Payload("128x256 PNG", "image/png", png.getvalue(), requests),
+        Payload(f"{model_size[1]}x{model_size[0]} PNG", "image/png", png.getvalue(), requests),
         Payload(f"{width}x{height} JPEG", "image/jpeg", jpeg.getvalue(), jpeg_requests),
     ]
+
+
+def photo_payload(photo: Path, requests: int) -> Payload:
+    """A photo file as it is (PNG, JPEG or WebP), named after the file and its size."""
+    with Image.open(photo) as opened:
+        kind, size = (opened.format or "").lower(), opened.size
+    if kind not in ("png", "jpeg", "webp"):
+        raise SystemExit(f"--photo: {photo} is not a PNG, JPEG or WebP image")
+    return Payload(f"{photo.name} {size[0]}x{size[1]}", f"image/{kind}", photo.read_bytes(), requests)
 
 
 def model_only_p50(model: Path, png: bytes, threads: int, runs: int) -> float:
@@ -299,7 +318,12 @@ def main(argv: list[str] | None = None) -> None:
         type=Path,
         help="another checkout whose scene-serve runs alongside, as 'scene-serve (before)'",
     )
-    parser.add_argument("--images", choices=["png", "jpeg", "both"], default="both")
+    parser.add_argument(
+        "--images", choices=["png", "jpeg", "both"], default="both", help="which generated images to send"
+    )
+    parser.add_argument(
+        "--photo", type=Path, help="also send this photo (PNG, JPEG or WebP), e.g. a 1024x512 street photo"
+    )
     parser.add_argument("--smoke", action="store_true", help="a tiny run that checks the script works")
     args = parser.parse_args(argv)
     models = {"scene-serve": args.model, "naive": args.naive_model or args.model}
@@ -307,8 +331,11 @@ def main(argv: list[str] | None = None) -> None:
         args.clients, args.rounds, args.requests, args.jpeg_requests = [1, 2], 1, 4, 2
     generator = args.load_generator or ("hey" if have_hey() else "httpx")
     load = load_with_hey if generator == "hey" else load_with_httpx
-    images = payloads(args.smoke, args.requests, args.jpeg_requests)
+    model_size = model_input_size(args.model)
+    images = payloads(args.smoke, args.requests, args.jpeg_requests, model_size)
     images = [p for p in images if args.images == "both" or p.media_type == f"image/{args.images}"]
+    if args.photo is not None:
+        images.append(photo_payload(args.photo, args.jpeg_requests))
     # A SIGTERM (a timeout, say) unwinds like an exception, so the servers are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     baseline = model_only_p50(args.model, images[0].data, args.threads, 10 if args.smoke else 100)
@@ -316,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"onnxruntime {ort.__version__}, load generator {generator}"
     )
-    print(f"model only (ORT, batch 1, 128x256): p50 {baseline:.2f} ms")
+    print(f"model only (ORT, batch 1, {model_size[0]}x{model_size[1]}): p50 {baseline:.2f} ms")
     print("models: " + ", ".join(f"{name} {path}" for name, path in models.items()))
     figures: list[Figure] = []
     with contextlib.ExitStack() as running:

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     pipeline = Pipeline(
         runtime, MicroBatcher(runtime.run, window_s=0, max_batch_size=1, queue_size=1), settings
     )
-    for payload in peer.payloads(args.smoke, 1, 1):
+    for payload in peer.payloads(args.smoke, 1, 1, runtime.input_size):
         stages = measure(pipeline, settings, payload, runs)
         fastapi_ms = stages.pop("(FastAPI JSON)")
         service = sum(ms for name, ms in stages.items() if not name.startswith("model"))
