@@ -32,8 +32,6 @@ from training.metrics import SceneMetrics
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLED = ROOT / "models" / "default"
 MODEL = BUNDLED / "model.onnx"
-# The int8 file of the same checkpoint (`scene-export --int8`), the cheaper one on a CPU.
-INT8 = BUNDLED / "model.int8.onnx"
 
 
 @pytest.fixture(scope="module")
@@ -50,28 +48,24 @@ def session() -> ort.InferenceSession:
 def test_the_bundled_files_are_there_and_small() -> None:
     for name in (
         "model.onnx",
-        "model.int8.onnx",
         "model.card.json",
         "metrics.json",
         "sigma.png",
+        "predictions.png",
         "camvid_predictions.png",
         "README.md",
     ):
         assert (BUNDLED / name).is_file(), f"models/default/{name} is missing"
-    assert MODEL.stat().st_size <= 25 * 10**6 and INT8.stat().st_size <= 10 * 10**6
-
-
-def test_the_int8_file_describes_the_same_model(session: ort.InferenceSession) -> None:
-    main = parse_model_card(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
-    int8 = ort.InferenceSession(str(INT8), providers=["CPUExecutionProvider"])
-    card = parse_model_card(int8.get_modelmeta().custom_metadata_map[METADATA_KEY])
-    assert card.precision == "int8" and card.classes == main.classes
-    assert card.task_uncertainty == main.task_uncertainty and card.metrics == main.metrics
+    assert MODEL.stat().st_size <= 25 * 2**20
 
 
 def test_the_card_is_complete(session: ort.InferenceSession) -> None:
     card = parse_model_card(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
-    assert card.backbone == "mobilenet_v3_large" and (card.input_height, card.input_width) == (128, 256)
+    assert (card.name, card.version, card.backbone) == ("scene-mtl-default", "3", "espnetv2")
+    # ESPNetv2's graph holds its resampling sizes: valid at the card's size only.
+    assert card.fixed_size and (card.input_height, card.input_width) == (320, 640)
+    (image,) = session.get_inputs()
+    assert image.shape[1:] == [320, 640, 3]
     assert card.weighting == "uncertainty"
     assert len(card.classes) == 19 and card.thing_ids
     for task in ("semantic", "instance", "depth"):
@@ -79,6 +73,13 @@ def test_the_card_is_complete(session: ort.InferenceSession) -> None:
         assert 0 < card.task_uncertainty[task].sigma < 10
     assert card.metrics["semantic_miou"] > 0
     assert json.loads((BUNDLED / "model.card.json").read_text()) == card.raw
+
+
+def test_the_card_names_the_weights_it_started_from(session: ort.InferenceSession) -> None:
+    card = parse_model_card(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
+    pretrained = card.raw["pretrained"]
+    assert pretrained["sha256"] == "a72d59699801c7ce8e8b89a53af9097eaaa60dc12180ecde86fd700ba1222fe8"
+    assert "EdgeNets" in pretrained["source"] and "non-commercial" in pretrained["licence"]
 
 
 def test_recorded_metrics_beat_the_trivial_baselines(recorded: dict[str, Any]) -> None:
@@ -90,40 +91,56 @@ def test_recorded_metrics_beat_the_trivial_baselines(recorded: dict[str, Any]) -
 
 
 def test_the_readme_quotes_the_recorded_metrics(recorded: dict[str, Any]) -> None:
+    camvid, real = recorded["camvid"], recorded["realdepth"]
     for readme in (ROOT / "README.md", BUNDLED / "README.md"):
         text = readme.read_text()
         assert f"{recorded['semantic_miou']:.1f}" in text, readme
         assert f"{recorded['instance_mean_error_px']:.2f}" in text, readme
         assert f"{recorded['inverse_depth_mean_error']:.4f}" in text, readme
-        assert f"{recorded['camvid']['camvid_miou']:.1f}%" in text, readme
+        assert f"{camvid['camvid_miou']:.1f}%" in text, readme
+        assert f"{real['model']['abs_rel']:.2f}" in text, readme
+        assert f"{real['model']['spearman']:.2f}" in text, readme
 
 
 def test_real_frames_were_scored_in_camvid_classes(recorded: dict[str, Any]) -> None:
     camvid = recorded["camvid"]
     assert camvid["split"] == "val" and camvid["frames"] == 101
-    assert len(camvid["camvid_iou_per_class"]) == 11
-    # The large classes of a street are found on real frames (the procedural-only model
-    # scored 15% mIoU there).
-    for name in ("road", "sky", "building"):
-        assert camvid["camvid_iou_per_class"][name] > 60, name
+    per_class = camvid["camvid_iou_per_class"]
+    assert len(per_class) == 11
+    # Better than the published network it started from (63.4% at this size, no training).
+    assert camvid["camvid_miou"] > 63.4
+    for name in ("road", "sky", "building", "car"):
+        assert per_class[name] > 60, name
+    for name in ("pole", "sign/symbol", "pedestrian", "bicyclist"):
+        assert per_class[name] > 10, name
+
+
+def test_depth_on_real_photos_beats_a_constant(recorded: dict[str, Any]) -> None:
+    real = recorded["realdepth"]
+    assert real["frames"] == 4
+    assert real["model"]["abs_rel"] < real["constant_depth"]["abs_rel"]
+    assert real["model"]["delta1"] > real["constant_depth"]["delta1"]
+    assert real["model"]["spearman"] > 0.5
 
 
 def test_the_card_and_readme_pass_on_camvid_terms(session: ort.InferenceSession) -> None:
     card = parse_model_card(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
     training = card.raw["training"]
-    assert training["data_mix"] == {"procedural": 0.5, "camvid": 0.5}
+    assert training["data_mix"] == {"camvid": 0.625, "procedural": 0.375}
     assert any("non-commercial" in line for line in training["data_terms"])
     assert "non-commercial" in (BUNDLED / "README.md").read_text()
 
 
-@pytest.mark.parametrize("path", [MODEL, INT8], ids=["model", "int8"])
-def test_predictions_on_fresh_scenes_reach_the_recorded_quality(recorded: dict[str, Any], path: Path) -> None:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    # The recorded split and seed, fewer scenes: the same distribution, a quick check.
+def test_predictions_on_fresh_scenes_reach_the_recorded_quality(
+    recorded: dict[str, Any], session: ort.InferenceSession
+) -> None:
+    # The recorded split, seed and size, fewer scenes: the same distribution, a quick check.
     dataset = recorded["dataset"]
-    scenes = ProceduralScenes(split="test", seed=dataset["seed"], count=24, height=128, width=256)
+    scenes = ProceduralScenes(
+        split="test", seed=dataset["seed"], count=16, height=dataset["height"], width=dataset["width"]
+    )
     metrics = SceneMetrics()
-    for batch in DataLoader(TaskDataset(scenes), batch_size=8):
+    for batch in DataLoader(TaskDataset(scenes), batch_size=4):
         images = (batch["image"].permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
         semantic, _, offsets, inverse_depth = session.run(list(OUTPUT_NAMES), {INPUT_NAME: images})
         outputs = {
@@ -139,11 +156,10 @@ def test_predictions_on_fresh_scenes_reach_the_recorded_quality(recorded: dict[s
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("path", [MODEL, INT8], ids=["model", "int8"])
 async def test_the_service_serves_it_with_sensible_answers(
-    serve: Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]], path: Path
+    serve: Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]],
 ) -> None:
-    settings = Settings(model_path=path, providers=["CPUExecutionProvider"], intra_op_threads=1)
+    settings = Settings(model_path=MODEL, providers=["CPUExecutionProvider"], intra_op_threads=1)
     scene = ProceduralScenes(split="test", seed=4242, count=1)[0]
     buffer = io.BytesIO()
     Image.fromarray(scene.image).save(buffer, format="PNG")
