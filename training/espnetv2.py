@@ -112,12 +112,13 @@ class EESP(nn.Module):
         fused = [self.branches[0](reduced)]
         for branch in self.branches[1:]:
             fused.append(branch(reduced) + fused[-1])
-        expanded = self.expand(self.merge_norm(torch.cat(fused, dim=1)))
+        expanded: Tensor = self.expand(self.merge_norm(torch.cat(fused, dim=1)))
         if self.activation is None:
             return expanded
         if expanded.shape == x.shape:
             expanded = expanded + x
-        return self.activation(expanded)
+        activated: Tensor = self.activation(expanded)
+        return activated
 
 
 class StridedEESP(nn.Module):
@@ -133,7 +134,8 @@ class StridedEESP(nn.Module):
 
     def forward(self, x: Tensor, image: Tensor) -> Tensor:
         out = torch.cat([halve(x), self.eesp(x)], dim=1)
-        return self.activation(out + self.image_projection(image))
+        activated: Tensor = self.activation(out + self.image_projection(image))
+        return activated
 
 
 def halve(x: Tensor) -> Tensor:
@@ -268,8 +270,10 @@ class PyramidPooling(nn.Module):
                 level = conv(x)
             levels.append(level)
         merged = channel_shuffle(self.merge_norm(torch.cat(levels, dim=1)), len(PYRAMID_SCALES))
-        out = self.out(self.fuse(merged))
-        return out if self.out_norm is None else self.out_norm(out)
+        out: Tensor = self.out(self.fuse(merged))
+        if self.out_norm is not None:
+            out = self.out_norm(out)
+        return out
 
 
 class GatedSkip(nn.Module):
@@ -283,7 +287,8 @@ class GatedSkip(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         gate = torch.sigmoid(self.gate(x.mean(dim=(2, 3), keepdim=True)))
-        return self.expand(x) * gate
+        expanded: Tensor = self.expand(x)
+        return expanded * gate
 
 
 class SegmentationDecoder(nn.Module):
@@ -325,17 +330,19 @@ class SegmentationDecoder(nn.Module):
         return self.pyramid2.out if self.finest_stride == 2 else self.pyramid4.out
 
     def forward(self, features: EncoderFeatures) -> Tensor:
-        x = self.pyramid16(features.stride16)
+        x: Tensor = self.pyramid16(features.stride16)
         x = self.pyramid8(self._merge(x, features.stride8, self.skip8, self.norm8))
         x = self.pyramid4(self._merge(x, features.stride4, self.skip4, self.norm4))
         if self.finest_stride == 4:
             return x
-        return self.pyramid2(self._merge(x, features.stride2, self.skip2, self.norm2))
+        logits: Tensor = self.pyramid2(self._merge(x, features.stride2, self.skip2, self.norm2))
+        return logits
 
     @staticmethod
     def _merge(x: Tensor, skip: Tensor, gated: nn.Module, norm: nn.Module) -> Tensor:
         size = (int(skip.shape[2]), int(skip.shape[3]))
-        return norm(resize_bilinear(x, size) + gated(skip))
+        merged: Tensor = norm(resize_bilinear(x, size) + gated(skip))
+        return merged
 
 
 def pyramid_projection(classes: int) -> int:

@@ -71,7 +71,7 @@ def read_cityscapes(folder: Path) -> list[MeasuredFrame]:
             raise DataConfigError(f"{disparity_path} not found (the disparity of {image_path.name})")
         labels_path = folder / f"{stem}_gtFine_labelIds.png"
         image = read_png(image_path, rgb=True).astype(np.uint8)
-        depth = cityscapes_disparity_to_depth(read_png(disparity_path))
+        depth = cityscapes_disparity_to_depth(read_png(disparity_path).astype(np.uint16))
         semantic = read_png(labels_path).astype(np.uint8) if labels_path.is_file() else None
         frames.append(MeasuredFrame(f"cityscapes/{stem}", image, depth, semantic))
     return frames
