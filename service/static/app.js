@@ -78,6 +78,7 @@ function showSigma(taskUncertainty) {
 function measuredOn(training) {
   const source = training?.data_source;
   if (source === "procedural") return "generated (procedural) validation scenes, not real photos";
+  if (source === "camvid") return "CamVid validation frames (real street photos)";
   return source ? `${source} validation data` : "the exporter's validation data";
 }
 
