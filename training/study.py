@@ -691,6 +691,7 @@ def score(study: StudyConfig, run: PlannedRun, config: TrainConfig, train_second
         if config.loss.strategy.startswith("uncertainty")
         else None,
         "mean_total_weight": mean_total_weight(run.run_dir / "log.csv"),
+        "clip_rate": clip_rate(run.run_dir / "log.csv", config.steps),
         "steps": config.steps,
         "train_seconds": round(train_seconds, 1),
         "sigma": sigma,
@@ -705,6 +706,16 @@ def mean_total_weight(log_csv: Path) -> float:
     with log_csv.open(newline="") as f:
         totals = [sum(float(row[f"weight_{t}"]) for t in TASKS) for row in csv.DictReader(f)]
     return statistics.fmean(totals)
+
+
+def clip_rate(log_csv: Path, steps: int) -> float | None:
+    """Share of the run's steps whose gradient norm was clipped (``None``: a log from before
+    the trainer counted them)."""
+    with log_csv.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not rows[0].get("clipped_steps"):
+        return None
+    return sum(int(float(row["clipped_steps"])) for row in rows) / steps
 
 
 def _duration(seconds: float) -> str:

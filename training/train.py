@@ -56,6 +56,10 @@ LOG_COLUMNS = (
     *(f"sigma_{t}" for t in TASKS),
     *(f"weight_{t}" for t in TASKS),
     "images_per_s",
+    # The network's gradient norm before clipping, at the logged step, and how many steps
+    # since the previous row had it above optim.grad_clip_norm (so were clipped).
+    "grad_norm",
+    "clipped_steps",
 )
 
 
@@ -151,8 +155,9 @@ def poly_lr(optimizer: torch.optim.Optimizer, step: int, total_steps: int, power
     return float(optimizer.param_groups[0]["lr"])
 
 
-def clip_gradients(model: nn.Module, weighting: LossWeighting, optim: OptimConfig, step: int) -> None:
-    """Clip the network's gradient norm and, separately, each log-variance's gradient.
+def clip_gradients(model: nn.Module, weighting: LossWeighting, optim: OptimConfig, step: int) -> Tensor:
+    """Clip the network's gradient norm and, separately, each log-variance's gradient;
+    returns the network's gradient norm before clipping (a 0-d tensor, no host sync).
 
     The two never share a norm: clipped together, a large network gradient would
     scale the s_i's gradients down with it (by the network's clip factor, most in the
@@ -170,6 +175,7 @@ def clip_gradients(model: nn.Module, weighting: LossWeighting, optim: OptimConfi
     if optim.log_variance_grad_clip is not None:
         for grad in log_variance_grads:
             grad.clamp_(-optim.log_variance_grad_clip, optim.log_variance_grad_clip)
+    return network_norm
 
 
 def setup_placement(config: TrainConfig) -> Placement:
@@ -346,6 +352,8 @@ def train_steps(
     )
     batches = iter(loader)
     window_start, window_images = time.perf_counter(), 0
+    bound = config.optim.grad_clip_norm or math.inf
+    clipped = torch.zeros((), dtype=torch.int64, device=placement.device)
     for step in range(start_step, end_step):
         lr = poly_lr(state.optimizer, step, config.steps, config.optim.poly_power)
         batch = batch_to(next(batches), placement.device, channels_last=placement.on_cuda)
@@ -353,15 +361,18 @@ def train_steps(
         check_finite({t: losses[t] for t in state.weighting.tasks}, step)
         state.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        clip_gradients(state.model, state.weighting, config.optim, step)
+        grad_norm = clip_gradients(state.model, state.weighting, config.optim, step)
+        clipped += grad_norm > bound
         state.optimizer.step()
         window_images += config.batch_size * placement.world_size
         done = step + 1
         if log is not None and (done % config.log_every == 0 or done == end_step):
             elapsed = time.perf_counter() - window_start
             images_per_s = window_images / elapsed if elapsed > 0 else math.nan
-            log_step(log, progress, state.weighting, done, lr, total, losses, images_per_s)
+            gradients = (grad_norm.item(), int(clipped.item()))
+            log_step(log, progress, state.weighting, done, lr, total, losses, images_per_s, gradients)
             window_start, window_images = time.perf_counter(), 0
+            clipped.zero_()
         progress.update(1)
         if placement.is_main:
             checkpoint_and_evaluate(config, placement, state, done)
@@ -389,8 +400,12 @@ def log_step(
     total: Tensor,
     losses: dict[str, Tensor],
     images_per_s: float,
+    gradients: tuple[float, int] = (math.nan, 0),
 ) -> None:
-    """One ``log.csv`` row, and the progress bar's losses, σ and throughput."""
+    """One ``log.csv`` row, and the progress bar's losses, σ and throughput.
+
+    ``gradients``: this step's network gradient norm before clipping, and the steps
+    clipped since the previous row."""
     sigma = weighting.sigma()
     _, weights = _weights(weighting, losses)
     row: dict[str, float] = {"step": step, "lr": lr, "loss_total": total.item()}
@@ -398,6 +413,7 @@ def log_step(
     row |= {f"sigma_{t}": sigma.get(t, math.nan) for t in TASKS}
     row |= {f"weight_{t}": weights.get(t, 0.0) for t in TASKS}
     row["images_per_s"] = images_per_s
+    row["grad_norm"], row["clipped_steps"] = gradients
     log.write(row)
     progress.set_postfix_str(
         " ".join(f"{t[:4]} {losses[t].item():.3f}/σ{sigma[t]:.2f}" for t in weighting.tasks)

@@ -329,3 +329,16 @@ def test_max_minutes_pauses_a_run_that_resume_goes_on_with(
     assert train(tmp_path, f"resume={tmp_path / 'last.pt'}") == 0
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 6
     assert [int(r["step"]) for r in read_log(tmp_path)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_the_log_records_gradient_norms_and_clipped_steps(tmp_path: Path) -> None:
+    # A bound no gradient stays under: every step is clipped, and the count says so.
+    assert train(tmp_path, "optim.grad_clip_norm=1e-9", "log_every=2") == 0
+    rows = read_log(tmp_path)
+    assert [int(r["clipped_steps"]) for r in rows] == [2, 2, 2]
+    assert all(r["grad_norm"] > 1e-9 for r in rows)
+    from training.study import clip_rate
+
+    assert clip_rate(tmp_path / "log.csv", 6) == 1.0
+    assert train(tmp_path / "free", "optim.grad_clip_norm=1e9") == 0
+    assert clip_rate(tmp_path / "free" / "log.csv", 6) == 0.0
