@@ -175,3 +175,27 @@ def test_scene_eval_reports_camvid_beside_procedural_metrics(
     assert len(camvid["camvid_iou_per_class"]) == 11
     with Image.open(grid) as picture:
         assert picture.width == 3 * 64 + 2 * 2  # classes, instance offsets, depth; no CamVid pixels
+
+
+def test_batch_statistics_copy_normalises_each_batch_and_leaves_the_model_alone() -> None:
+    from training.evaluate import with_batch_statistics
+
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(1)).eval()
+    model[0].running_mean.fill_(100.0)  # running statistics that fit nothing
+    x = torch.arange(8.0).view(2, 1, 2, 2)
+    checked = with_batch_statistics(model)
+    with torch.no_grad():
+        normalised = checked(x)
+        far_off = model(x)
+    assert abs(float(normalised.mean())) < 1e-5 and float(far_off.mean()) < -50
+    assert float(model[0].running_mean) == 100.0 and float(checked[0].running_mean) == 100.0
+    assert not model[0].training
+
+
+def test_scene_eval_batchnorm_check_reports_both_scores(checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval.json"
+    args = ["--checkpoint", str(checkpoint), "--count", "4", "--baseline-scenes", "0", "--out", str(out)]
+    assert eval_main([*args, "--batchnorm-check"]) == 0
+    check = json.loads(out.read_text())["batchnorm_check"]
+    assert check["running_statistics"]["semantic_miou"] == json.loads(out.read_text())["semantic_miou"]
+    assert set(check["batch_statistics"]) == set(check["running_statistics"])
