@@ -97,6 +97,7 @@ model: $(STAMP)
 	done
 	$(BIN)/scene-eval --checkpoint $(MODEL_RUN)/last.pt --split test --seed 1000 --count 500 \
 		--camvid $(CAMVID_ROOT) --camvid-grid $(MODEL_DIR)/camvid_predictions.png --realdepth $(REALDEPTH_ROOT) \
+		--batchnorm-check \
 		--out $(MODEL_DIR)/metrics.json --grid $(MODEL_DIR)/predictions.png
 	$(BIN)/scene-export --checkpoint $(MODEL_RUN)/last.pt --out $(MODEL_DIR)/model.onnx --fp16-weights \
 		--name scene-mtl-default --version 3
