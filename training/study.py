@@ -1091,6 +1091,43 @@ def summarise(results: list[dict[str, Any]], arms: list[str]) -> list[dict[str, 
     return rows
 
 
+def multitask_scores(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Δm% against the single-task arms, and the mean rank among the three-task arms.
+
+    ``rows`` are `summarise`'s. Δm% (as Nash-MTL, FAMO and LibMTL report it) is the mean
+    over an arm's tasks of its relative change from the single-task arm of that task,
+    signed so that a worse result is positive: (1/T) Σ_t ±(M_t − M_single,t) / M_single,t
+    · 100, with + for errors and − for mIoU; lower is better, ``None`` without a
+    single-task arm for every task. The mean rank ranks the arms that train all three
+    tasks on each task's metric (1 = best) and averages over the tasks.
+    """
+    single = {
+        next(iter(row["metrics"])): row["metrics"][next(iter(row["metrics"]))]["mean"]
+        for row in rows
+        if len(row["metrics"]) == 1
+    }
+    higher = {key: better_higher for key, _, better_higher in TASK_METRICS.values()}
+    scores: dict[str, dict[str, float | None]] = {}
+    for row in rows:
+        metrics = row["metrics"]
+        if len(metrics) < 2:
+            continue
+        changes = [
+            (-1 if higher[key] else 1) * (value["mean"] - single[key]) / single[key] * 100
+            for key, value in metrics.items()
+            if key in single
+        ]
+        delta = statistics.fmean(changes) if len(changes) == len(metrics) else None
+        scores[row["arm"]] = {"delta_m_percent": delta, "mean_rank": None}
+    full = [row for row in rows if len(row["metrics"]) == len(TASK_METRICS)]
+    for key, _, better_higher in TASK_METRICS.values():
+        ordered = sorted(full, key=lambda row: row["metrics"][key]["mean"], reverse=better_higher)
+        for rank, row in enumerate(ordered, start=1):
+            entry = scores[row["arm"]]
+            entry["mean_rank"] = (entry["mean_rank"] or 0.0) + rank / len(TASK_METRICS)
+    return scores
+
+
 def _weights_text(results: list[dict[str, Any]]) -> str:
     first = results[0]
     if first["fixed_weights"] is not None:
@@ -1146,6 +1183,7 @@ def write_report(study: StudyConfig, pilot: bool = False) -> dict[str, Any]:
         "runs_finished": len(results),
         "runs_failed": failed,
         "table": rows,
+        "multitask": multitask_scores(rows),
         "comparisons": comparisons,
         "grid_selection": grids,
         "results": results,
@@ -1207,6 +1245,19 @@ def markdown(study: StudyConfig, report: dict[str, Any], pilot: bool) -> str:
         cells = [_cell(row["metrics"].get(key), _DIGITS[key]) for key, _, _ in TASK_METRICS.values()]
         seeds = ", ".join(map(str, row["seeds"])) or "none yet"
         lines.append(f"| {row['arm']} | {row.get('weights', '')} | {seeds} | " + " | ".join(cells) + " |")
+    if report.get("multitask"):
+        lines += [
+            "",
+            "Δm%: mean relative change from the single-task arms over the arm's tasks, worse positive "
+            "(lower is better); mean rank among the three-task arms (1 = best).",
+            "",
+            "| arm | Δm% | mean rank |",
+            "|---|---|---|",
+        ]
+        for arm, score in report["multitask"].items():
+            delta, rank = score["delta_m_percent"], score["mean_rank"]
+            delta_text = "–" if delta is None else f"{delta:+.1f}"
+            lines.append(f"| {arm} | {delta_text} | {'–' if rank is None else f'{rank:.2f}'} |")
     if pilot and "pilot" in report:
         decision = report["pilot"]
         lines += ["", f"Pilot rule: mIoU standard deviation per arm {decision['miou_std']}, limit "

@@ -526,3 +526,32 @@ def test_no_run_starts_that_could_take_the_study_past_max_runs() -> None:
     assert budget.allows_another(in_flight=0) and not budget.allows_another(in_flight=1)
     assert Budget().allows_another(in_flight=8)
     assert not Budget(max_minutes=1, started=-1e9).allows_another(in_flight=0)  # the deadline passed
+
+
+def test_delta_m_and_mean_rank_by_hand() -> None:
+    from training.study import multitask_scores
+
+    def row(arm: str, **means: float) -> dict[str, object]:
+        return {"arm": arm, "metrics": {k: {"mean": v, "std": None} for k, v in means.items()}}
+
+    rows = [
+        row("semantic_only", semantic_miou=50.0),
+        row("instance_only", instance_mean_error_px=2.0),
+        row("depth_only", inverse_depth_mean_error=0.02),
+        # mIoU 10% worse, instance error 10% better, depth 40% worse: Δm = (10 - 10 + 40) / 3.
+        row("a", semantic_miou=45.0, instance_mean_error_px=1.8, inverse_depth_mean_error=0.028),
+        row("b", semantic_miou=55.0, instance_mean_error_px=2.2, inverse_depth_mean_error=0.02),
+        row("pair", semantic_miou=50.0, instance_mean_error_px=3.0),
+    ]
+    scores = multitask_scores(rows)
+    assert scores["a"]["delta_m_percent"] == pytest.approx(40 / 3)
+    assert scores["b"]["delta_m_percent"] == pytest.approx((-10 + 10 + 0) / 3)
+    assert (
+        scores["pair"]["delta_m_percent"] == pytest.approx((0 + 50) / 2)
+        and scores["pair"]["mean_rank"] is None
+    )
+    # a: ranks 2, 1, 2; b: 1, 2, 1.
+    assert scores["a"]["mean_rank"] == pytest.approx(5 / 3) and scores["b"]["mean_rank"] == pytest.approx(
+        4 / 3
+    )
+    assert set(scores) == {"a", "b", "pair"}
