@@ -17,11 +17,12 @@ def test_peer_smoke_run_reports_both_servers_without_errors(
     if generator == "hey":
         system_tool("hey", "hey")  # installed by `make system-deps`
     out = tmp_path / "peer.json"
-    # With hey the naive server runs the int8 file; with httpx, by default, the same as scene-serve.
-    fp32, int8 = peer.REPO / "models/default/model.onnx", peer.REPO / "models/default/model.int8.onnx"
-    naive = int8 if generator == "hey" else fp32
-    extra = ["--naive-model", str(int8)] if generator == "hey" else []
+    # With hey the naive server's model is named explicitly; with httpx it defaults to scene-serve's.
+    fp32 = peer.REPO / "models/default/model.onnx"
+    naive = fp32
+    extra = ["--naive-model", str(fp32)] if generator == "hey" else []
     peer.main(["--smoke", "--load-generator", generator, *extra, "--json", str(out)])
+    height, width = peer.model_input_size(fp32)
     report = json.loads(out.read_text())
     assert report["load_generator"] == generator and report["model_only_p50_ms"] > 0
     assert report["models"] == {"scene-serve": str(fp32), "naive": str(naive)}
@@ -29,7 +30,7 @@ def test_peer_smoke_run_reports_both_servers_without_errors(
     assert {(f["server"], f["image"], f["clients"]) for f in figures} == {
         (server, image, clients)
         for server in ("scene-serve", "naive")
-        for image in ("128x256 PNG", "512x256 JPEG")
+        for image in (f"{width}x{height} PNG", "512x256 JPEG")
         for clients in (1, 2)
     }
     for figure in figures:
