@@ -14,7 +14,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -65,20 +65,35 @@ def evaluate(
     return dict(metrics.compute())
 
 
-def with_batch_statistics(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` in eval mode whose batch norms normalise with each batch's own
-    statistics (and never update their running ones).
+class BatchStatistics(nn.Module):
+    """A copy of ``model`` whose batch norms normalise with each batch's own statistics, in
+    eval mode as well (and never update their running ones); every other layer is as in
+    ``model``.
 
     Scored beside the model itself, it tells whether the running statistics fit the
     weights: a large gap means they do not (the failure docs/study.md describes for some
     runs with large learned depth weights), however good the training losses were.
     """
-    copy = copy_module(model).eval()
-    for module in copy.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.train()
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = copy_module(model)
+        for module in self._norms():
             module.momentum = 0.0
-    return copy
+        self.eval()
+
+    def _norms(self) -> list[nn.Module]:
+        return [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def train(self, mode: bool = True) -> BatchStatistics:
+        super().train(mode)
+        for module in self._norms():
+            module.train(True)  # batch statistics whatever the mode; momentum 0 keeps the running ones
+        return self
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        outputs: dict[str, Tensor] = self.model(images)
+        return outputs
 
 
 @torch.no_grad()
@@ -391,9 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             args.camvid_grid.parent.mkdir(parents=True, exist_ok=True)
             camvid_prediction_grid(model, camvid).save(args.camvid_grid)
     if args.batchnorm_check:
-        batch = evaluate(
-            with_batch_statistics(model), scenes, batch_size=args.batch_size, workers=args.workers
-        )
+        batch = evaluate(BatchStatistics(model), scenes, batch_size=args.batch_size, workers=args.workers)
         keys = ("semantic_miou", "instance_mean_error_px", "inverse_depth_mean_error")
         report["batchnorm_check"] = {
             "running_statistics": {k: metrics[k] for k in keys},

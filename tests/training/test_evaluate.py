@@ -178,18 +178,27 @@ def test_scene_eval_reports_camvid_beside_procedural_metrics(
 
 
 def test_batch_statistics_copy_normalises_each_batch_and_leaves_the_model_alone() -> None:
-    from training.evaluate import with_batch_statistics
+    from training.evaluate import BatchStatistics
 
-    model = torch.nn.Sequential(torch.nn.BatchNorm2d(1)).eval()
-    model[0].running_mean.fill_(100.0)  # running statistics that fit nothing
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = torch.nn.BatchNorm2d(1)
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"out": self.norm(x)}
+
+    model = Net().eval()
+    model.norm.running_mean.fill_(100.0)  # running statistics that fit nothing
     x = torch.arange(8.0).view(2, 1, 2, 2)
-    checked = with_batch_statistics(model)
+    checked = BatchStatistics(model)
+    checked.eval()  # as evaluate() does: the norms must still use the batch's statistics
     with torch.no_grad():
-        normalised = checked(x)
-        far_off = model(x)
+        normalised = checked(x)["out"]
+        far_off = model(x)["out"]
     assert abs(float(normalised.mean())) < 1e-5 and float(far_off.mean()) < -50
-    assert float(model[0].running_mean) == 100.0 and float(checked[0].running_mean) == 100.0
-    assert not model[0].training
+    assert float(model.norm.running_mean) == 100.0 and float(checked.model.norm.running_mean) == 100.0
+    assert not model.norm.training
 
 
 def test_scene_eval_batchnorm_check_reports_both_scores(checkpoint: Path, tmp_path: Path) -> None:
