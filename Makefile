@@ -59,8 +59,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 SERVE_VENV := .venv-serve
 SERVE_STAMP := $(SERVE_VENV)/.installed-serve
 SERVE_SOURCES := $(shell find scene_contract service -type f -not -path '*/__pycache__/*')
-# The file `make serve` serves; models/default/model.int8.onnx is the same model at about
-# 0.6x the CPU time per image (docs/serving.md).
+# The file `make serve` serves (SERVE_MODEL=FILE serves another scene-export file).
 SERVE_MODEL ?= models/default/model.onnx
 
 serve: $(SERVE_STAMP)

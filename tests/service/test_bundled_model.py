@@ -98,8 +98,8 @@ def test_the_readme_quotes_the_recorded_metrics(recorded: dict[str, Any]) -> Non
         assert f"{recorded['instance_mean_error_px']:.2f}" in text, readme
         assert f"{recorded['inverse_depth_mean_error']:.4f}" in text, readme
         assert f"{camvid['camvid_miou']:.1f}%" in text, readme
-        assert f"{real['model']['abs_rel']:.2f}" in text, readme
-        assert f"{real['model']['spearman']:.2f}" in text, readme
+        assert f"{real['model']['abs_rel']:.3f}" in text, readme
+        assert f"{real['model']['spearman']:.3f}" in text, readme
 
 
 def test_real_frames_were_scored_in_camvid_classes(recorded: dict[str, Any]) -> None:
