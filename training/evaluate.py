@@ -82,7 +82,7 @@ class BatchStatistics(nn.Module):
             module.momentum = 0.0
         self.eval()
 
-    def _norms(self) -> list[nn.Module]:
+    def _norms(self) -> list[nn.modules.batchnorm._BatchNorm]:
         return [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
     def train(self, mode: bool = True) -> BatchStatistics:
