@@ -19,7 +19,8 @@ from playwright.sync_api import expect, sync_playwright
 
 from bench import peer
 
-# As the demo tests launch it: no sandbox as root, and nothing that reaches for the network.
+# How Chromium is launched here and in the demo tests: no sandbox (root), and nothing that
+# reaches for the network (this machine's closed network refuses it, many times a start).
 CHROMIUM_FLAGS = [
     "--no-sandbox",
     "--disable-gpu",

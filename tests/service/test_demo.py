@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.demo_screenshot import CHROMIUM_FLAGS
 from scene_contract.model import SAMPLES_DIR
 from service.encoding import decode_png, from_base64
 from service.main import create_app
@@ -19,15 +20,6 @@ from service.settings import Settings
 
 from playwright.sync_api import Browser, Page, Route, expect, sync_playwright  # isort: skip
 
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 WAIT_MS = 20_000
 
 
