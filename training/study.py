@@ -48,8 +48,8 @@ from training.config import ConfigError, TrainConfig, load_config, to_dict
 from training.data.procedural import SPLITS, ProceduralScenes
 from training.data.sample import DataConfigError
 from training.evaluate import evaluate
-from training.train import build_weighting_from_config, setup_placement, train
-from training.weighting import NonFiniteLossError, likelihood_scale
+from training.train import setup_placement, train
+from training.weighting import NonFiniteLossError, build_weighting_from_config, likelihood_scale
 
 # The metric of each task in the table: (result key, label, higher is better).
 TASK_METRICS: dict[str, tuple[str, str, bool]] = {
