@@ -78,7 +78,7 @@ MODEL_INFO = Gauge(
 )
 TASK_SIGMA = Gauge(
     "scene_task_sigma",
-    "Learned homoscedastic uncertainty σ of each task, from the model card.",
+    "Homoscedastic uncertainty σ of each task, from the model card (learned, or restating a fixed weight).",
     ["task"],
     multiprocess_mode="mostrecent",
 )

@@ -173,7 +173,7 @@ class Pipeline:
             image, image_size = decode_upload(data, self.settings.max_pixels, needed)
         chosen = self._map_size(image_size, options)
         with clock.stage("preprocess"):
-            model_input = preprocess(image, model_size, self.runtime.card.resize)
+            model_input = preprocess(image, model_size, self.runtime.card.input.resize)
             picture = None
             if options.overlay:
                 picture = model_input if chosen[0] == model_size else preprocess(image, chosen[0])

@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from scene_contract import drawing
-from scene_contract.model import ModelCard
+from scene_contract.card import ModelCard
 from service import encoding
 from service.prediction import Prediction, PredictOptions, StageClock
 from service.schemas import (
@@ -27,7 +27,6 @@ from service.schemas import (
     PredictResponse,
     RequestedOutput,
     SemanticResult,
-    TaskSigma,
     Timings,
 )
 
@@ -42,9 +41,6 @@ class ResponseEncoder:
         self.card = card
         self.provider = provider
         self.palette = drawing.palette((c.train_id, c.color) for c in card.classes)
-        self.task_uncertainty = {
-            task: TaskSigma.model_validate(value) for task, value in card.task_uncertainty.items()
-        }
 
     def encode(self, prediction: Prediction, options: PredictOptions, started: float) -> tuple[bytes, str]:
         """The body and its media type, as ``options`` asked (JSON unless ``options.npz``)."""
@@ -121,7 +117,7 @@ class ResponseEncoder:
                 )
         return PredictResponse(
             model=ModelInfo(name=card.name, version=card.version, execution_provider=self.provider),
-            task_uncertainty=self.task_uncertainty,
+            task_uncertainty=card.task_uncertainty,
             width=prediction.width,
             height=prediction.height,
             resolution=prediction.map_size,

@@ -435,7 +435,7 @@ def finish(config: TrainConfig, placement: Placement, state: TrainingState) -> d
         run_dir = Path(config.run_dir)
         metrics = validate(config, placement, state.model, progress=True)
         final = {"step": config.steps, "sigma": state.weighting.sigma(), **metrics}
-        _save(run_dir / "last.pt", config, config.steps, state, metrics)  # σ has its own field
+        _save(run_dir / "last.pt", config, config.steps, state, metrics)  # σ is in the weighting's state
         (run_dir / "metrics.json").write_text(json.dumps(final, indent=2))
         plot_sigma(run_dir / "log.csv", run_dir / "sigma.png")
     if placement.world_size > 1:
@@ -462,7 +462,6 @@ def _save(
         model=state.model,
         weighting=state.weighting,
         optimizer=state.optimizer,
-        sigma=state.weighting.sigma(),
         metrics=metrics,
     )
 

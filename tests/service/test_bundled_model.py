@@ -21,7 +21,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from scene_contract.model import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, parse_model_card
+from scene_contract.card import ModelCard
+from scene_contract.model import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES
 from service.encoding import decode_png, from_base64
 from service.main import create_app
 from service.settings import Settings
@@ -62,23 +63,32 @@ def test_the_bundled_files_are_there_and_small() -> None:
 
 
 def test_the_int8_file_describes_the_same_model(session: ort.InferenceSession) -> None:
-    main = parse_model_card(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
+    main = ModelCard.from_json(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
     int8 = ort.InferenceSession(str(INT8), providers=["CPUExecutionProvider"])
-    card = parse_model_card(int8.get_modelmeta().custom_metadata_map[METADATA_KEY])
+    card = ModelCard.from_json(int8.get_modelmeta().custom_metadata_map[METADATA_KEY])
     assert card.precision == "int8" and card.classes == main.classes
     assert card.task_uncertainty == main.task_uncertainty and card.metrics == main.metrics
 
 
 def test_the_card_is_complete(session: ort.InferenceSession) -> None:
-    card = parse_model_card(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
-    assert card.backbone == "mobilenet_v3_large" and (card.input_height, card.input_width) == (128, 256)
+    card = ModelCard.from_json(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
+    assert card.backbone == "mobilenet_v3_large" and (card.input.height, card.input.width) == (128, 256)
     assert card.weighting == "uncertainty"
     assert len(card.classes) == 19 and card.thing_ids
     for task in ("semantic", "instance", "depth"):
-        assert card.raw["task_uncertainty"][task]["learned"] is True
+        assert card.task_uncertainty[task].learned is True
         assert 0 < card.task_uncertainty[task].sigma < 10
     assert card.metrics["semantic_miou"] > 0
-    assert json.loads((BUNDLED / "model.card.json").read_text()) == card.raw
+    # The file next to the model is its metadata's card; the typed card says all of it,
+    # with the values a card from before input.resize, input.fixed_size and pretrained
+    # stood for.
+    written = json.loads((BUNDLED / "model.card.json").read_text())
+    assert json.loads(session.get_modelmeta().custom_metadata_map[METADATA_KEY]) == written
+    defaults = {"resize": "bilinear", "fixed_size": False}
+    assert card.to_dict() == written | {
+        "input": defaults | written["input"],
+        "pretrained": written.get("pretrained"),
+    }
 
 
 def test_recorded_metrics_beat_the_trivial_baselines(recorded: dict[str, Any]) -> None:
@@ -109,10 +119,9 @@ def test_real_frames_were_scored_in_camvid_classes(recorded: dict[str, Any]) -> 
 
 
 def test_the_card_and_readme_pass_on_camvid_terms(session: ort.InferenceSession) -> None:
-    card = parse_model_card(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
-    training = card.raw["training"]
-    assert training["data_mix"] == {"procedural": 0.5, "camvid": 0.5}
-    assert any("non-commercial" in line for line in training["data_terms"])
+    card = ModelCard.from_json(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
+    assert card.training.data_mix == {"procedural": 0.5, "camvid": 0.5}
+    assert any("non-commercial" in line for line in card.training.data_terms or ())
     assert "non-commercial" in (BUNDLED / "README.md").read_text()
 
 
