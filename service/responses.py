@@ -16,6 +16,7 @@ import numpy.typing as npt
 from scene_contract import drawing
 from scene_contract.card import ModelCard
 from service import encoding
+from service.metrics import Stage
 from service.prediction import Prediction, PredictOptions, StageClock
 from service.schemas import (
     ClassPresence,
@@ -55,7 +56,7 @@ class ResponseEncoder:
         """The JSON body: PNGs as base64, class and instance tables, timings."""
         card = self.card
         clock = prediction.clock
-        with clock.stage("encode"):
+        with clock.stage(Stage.ENCODE):
             semantic = depth = instances = overlay = None
             if prediction.semantic_confidence is not None:
                 semantic = SemanticResult(
@@ -140,7 +141,7 @@ class ResponseEncoder:
         group only when its output was asked for (the prediction holds only those).
         """
         arrays: dict[str, npt.NDArray[Any]] = {}
-        with prediction.clock.stage("encode"):
+        with prediction.clock.stage(Stage.ENCODE):
             if prediction.semantic_confidence is not None:
                 arrays["semantic"] = prediction.semantic
                 arrays["semantic_confidence"] = prediction.semantic_confidence
@@ -185,11 +186,11 @@ def classes_present(
 def timings(clock: StageClock, started: float) -> Timings:
     """Per-stage milliseconds and the total since ``started`` (a ``time.perf_counter()``)."""
     return Timings(
-        decode=clock.milliseconds("decode"),
-        preprocess=clock.milliseconds("preprocess"),
-        queue=clock.milliseconds("queue_wait"),
-        inference=clock.milliseconds("inference"),
-        postprocess=clock.milliseconds("postprocess"),
-        encode=clock.milliseconds("encode"),
+        decode=clock.milliseconds(Stage.DECODE),
+        preprocess=clock.milliseconds(Stage.PREPROCESS),
+        queue=clock.milliseconds(Stage.QUEUE_WAIT),
+        inference=clock.milliseconds(Stage.INFERENCE),
+        postprocess=clock.milliseconds(Stage.POSTPROCESS),
+        encode=clock.milliseconds(Stage.ENCODE),
         total=round((time.perf_counter() - started) * 1000, 3),
     )
