@@ -45,7 +45,11 @@ OUTPUT_DESCRIPTIONS: dict[str, str] = {
 
 METADATA_KEY = "scene_mtl.model_card"
 CARD_SCHEMA = "scene-mtl/model-card-v1"
-TASKS: tuple[str, ...] = ("semantic", "instance", "depth")
+# The three tasks, in the order every per-task table follows.
+SEMANTIC_TASK = "semantic"
+INSTANCE_TASK = "instance"
+DEPTH_TASK = "depth"
+TASKS: tuple[str, ...] = (SEMANTIC_TASK, INSTANCE_TASK, DEPTH_TASK)
 MAX_IR_VERSION = 10  # what every onnxruntime release since 1.16 loads
 # Next to the model file, a folder of PNGs at the input size for people to try the model
 # on (scene-export writes them; the service's demo page serves them).
