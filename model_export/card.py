@@ -93,8 +93,7 @@ def build_model_card(
     """The card for a model exported from checkpoint ``state`` (see `training.checkpoint`)."""
     config: TrainConfig = state["config"]
     config_json = json.dumps(to_dict(config), sort_keys=True)
-    # Checkpoints written before σ lived only in the weighting's state also kept a copy
-    # among the metrics.
+    # Old checkpoints kept σ among their metrics; the card has its own field for it.
     checkpoint_metrics = {k: v for k, v in (state.get("metrics") or {}).items() if k != "sigma"}
     return ModelCard(
         name=name,
