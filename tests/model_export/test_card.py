@@ -12,6 +12,7 @@ import pytest
 from model_export.card import PRETRAINED_SOURCES, build_model_card
 from scene_contract.card import ModelCard, PretrainedWeights
 from scene_contract.model import TASKS
+from training.checkpoint import CheckpointError
 from training.config import LossConfig, TrainConfig
 from training.model import ModelConfig, SceneNetwork, build_model
 from training.weighting import build_weighting_from_config
@@ -120,3 +121,10 @@ def test_published_weights_are_named_by_their_sha256(model: SceneNetwork) -> Non
     assert known == PretrainedWeights(sha256=sha256, **PRETRAINED_SOURCES[sha256])
     other = card_of(checkpoint_state(LossConfig(), backbone_sha256="0" * 64), model).pretrained
     assert other == PretrainedWeights(sha256="0" * 64, name="unrecorded weight file")
+
+
+def test_a_weighting_state_that_does_not_fit_its_config_is_refused(model: SceneNetwork) -> None:
+    state = checkpoint_state(LossConfig(strategy="uncertainty"))
+    state["weighting"] = build_weighting_from_config(LossConfig(tasks=["semantic"])).state_dict()
+    with pytest.raises(CheckpointError, match="loss weighting does not fit its config"):
+        card_of(state, model)
