@@ -5,8 +5,9 @@ procedural scenes and one trained on Cityscapes share one output layout. The
 procedural generator draws a subset of them (`PROCEDURAL_CLASSES`); classes that
 never occur in a dataset are simply never the target of any pixel.
 
-This module imports nothing beyond numpy. The exporter writes the table into the
-model card, which is where the service reads it from.
+This module imports nothing beyond numpy and `scene_contract`, whose `ClassInfo` each
+class is. The exporter writes the table into the model card, which is where the
+service reads it from.
 
 Label conventions shared by every dataset in the project:
 
@@ -96,6 +97,8 @@ def cityscapes_to_train_id() -> npt.NDArray[np.uint8]:
     """Lookup table ``uint8 [256]`` from Cityscapes ``labelIds`` to train ids (255 if unused)."""
     table = np.full(256, IGNORE_INDEX, dtype=np.uint8)
     for c in CLASSES:
+        # Every class here has a Cityscapes id; only a card's ClassInfo may lack one.
+        assert c.cityscapes_id is not None, c.name
         table[c.cityscapes_id] = c.train_id
     return table
 
