@@ -11,7 +11,7 @@ Each task's uncertainty is stored as s = log σ², the quantity training optimis
 
 Cards written before a field existed still load: ``input.resize`` is then
 ``"bilinear"`` (all such models were trained on bilinear resizes),
-``input.fixed_size`` false, ``pretrained`` null, and ``training.data_mix`` /
+``input.fixed_size`` false, ``pretrained`` null (none recorded), and ``training.data_mix`` /
 ``training.data_terms`` unknown (``None``, and left out of the JSON again).
 """
 
@@ -33,8 +33,9 @@ from scene_contract.model import (
     TASKS,
 )
 
-# How far a card's σ may stray from exp(s / 2), relative, before the two disagree: the
-# exporter writes σ from s in float64, so any real difference is a corrupted card.
+# How far a card's σ may stray from exp(s / 2), relative, before the two disagree: every
+# exporter wrote one from the other in float64 (earlier ones s = 2 log σ, this one
+# σ = exp(s / 2)), so they agree to rounding and any real difference is a corrupted card.
 SIGMA_TOLERANCE = 1e-9
 
 
