@@ -94,13 +94,14 @@ def model_shapes(model: Path, dry_run: bool) -> list[tuple[int, int, int]]:
         return [(1, 64, 128), (2, 64, 128)]
     import onnx
 
-    from scene_contract.model import METADATA_KEY, parse_model_card
+    from scene_contract.card import ModelCard
+    from scene_contract.model import METADATA_KEY
 
     metadata = onnx.load(str(model), load_external_data=False).metadata_props
-    card = parse_model_card(next((p.value for p in metadata if p.key == METADATA_KEY), None))
-    sizes = [(card.input_height, card.input_width)]
-    if not card.fixed_size:
-        sizes.append((2 * card.input_height, 2 * card.input_width))
+    card = ModelCard.from_json(next((p.value for p in metadata if p.key == METADATA_KEY), None))
+    sizes = [(card.input.height, card.input.width)]
+    if not card.input.fixed_size:
+        sizes.append((2 * card.input.height, 2 * card.input.width))
     return [(batch, height, width) for height, width in sizes for batch in (1, 8, 32)]
 
 

@@ -54,7 +54,8 @@ import onnxruntime as ort
 from PIL import Image
 
 from bench.service_latency import free_port, server_process
-from scene_contract.model import INPUT_NAME, METADATA_KEY, parse_model_card
+from scene_contract.card import ModelCard
+from scene_contract.model import INPUT_NAME, METADATA_KEY
 from training.data.procedural import ProceduralScenes
 
 SERVERS = ("scene-serve", "naive")
@@ -100,8 +101,8 @@ def scene_image(height: int, width: int, seed: int) -> Image.Image:
 def model_input_size(model: Path) -> tuple[int, int]:
     """(height, width) the model's card says it takes."""
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    card = parse_model_card(session.get_modelmeta().custom_metadata_map.get(METADATA_KEY))
-    return card.input_height, card.input_width
+    card = ModelCard.from_json(session.get_modelmeta().custom_metadata_map.get(METADATA_KEY))
+    return card.input.height, card.input.width
 
 
 def payloads(smoke: bool, requests: int, jpeg_requests: int, model_size: tuple[int, int]) -> list[Payload]:

@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader
 from training.config import TrainConfig, load_config
 from training.dataset import StepSampler, TaskDataset, batch_to, build_scenes
 from training.model import build_model, count_parameters
-from training.train import Objective, build_optimizer, build_weighting_from_config
+from training.train import Objective, build_optimizer
+from training.weighting import build_weighting_from_config
 
 
 def images_per_second(

@@ -10,18 +10,13 @@ from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
-from scene_contract.model import CARD_SCHEMA, INPUT_NAME, OUTPUT_NAMES, TASKS
+from scene_contract.card import InputSpec, ModelCard, PretrainedWeights, TaskUncertainty, TrainingInfo
+from scene_contract.model import TASKS
+from training.checkpoint import weighting_from_checkpoint
 from training.config import TrainConfig, to_dict
-from training.data.classes import IGNORE_INDEX, class_table_json
+from training.data.classes import CLASSES, IGNORE_INDEX
 from training.data.sample import RESIZE
 from training.model import SceneNetwork
-
-OUTPUT_DESCRIPTIONS = {
-    "semantic": "uint8 [N, H, W]: train id of the most likely class",
-    "semantic_confidence": "float32 [N, H, W]: softmax probability of that class",
-    "instance_offsets": "float32 [N, 2, H, W]: pixels, (dy, dx) from each pixel to its instance centroid",
-    "inverse_depth": "float32 [N, 1, H, W]: 1/m, 0 = infinitely far (sky)",
-}
 
 
 def _version(package: str) -> str:
@@ -43,7 +38,7 @@ DATA_TERMS = {
 
 
 # Published weights a model may start from, by sha256: where they come from and their terms.
-PRETRAINED_SOURCES = {
+PRETRAINED_SOURCES: dict[str, dict[str, str]] = {
     "a72d59699801c7ce8e8b89a53af9097eaaa60dc12180ecde86fd700ba1222fe8": {
         "name": "ESPNetv2 s=2.0, Cityscapes segmentation, 1024x512",
         "source": "github.com/sacmehta/EdgeNets, model/segmentation/model_zoo/espnetv2/"
@@ -53,18 +48,37 @@ PRETRAINED_SOURCES = {
 }
 
 
-def pretrained_weights(config: TrainConfig) -> dict[str, Any] | None:
+def pretrained_weights(config: TrainConfig) -> PretrainedWeights | None:
     """What the network started from (``None``: random initialisation)."""
     sha256 = config.model.backbone_sha256
     if sha256 is None:
         return None
     known = PRETRAINED_SOURCES.get(sha256.lower(), {"name": "unrecorded weight file"})
-    return {"sha256": sha256.lower(), **known}
+    return PretrainedWeights(sha256=sha256.lower(), **known)
 
 
-def data_terms(config: TrainConfig) -> list[str]:
+def data_terms(config: TrainConfig) -> tuple[str, ...]:
     """One line per training source saying what its terms mean for the weights."""
-    return [DATA_TERMS[name] for name in config.data.sources()]
+    return tuple(DATA_TERMS[name] for name in config.data.sources())
+
+
+def task_uncertainty(state: dict[str, Any]) -> dict[str, TaskUncertainty]:
+    """Each task's s = log σ², as the checkpoint's loss weighting holds it.
+
+    For the uncertainty strategies s is learned; for the others it is the equivalent of
+    the task's weight, s = log(c / w) (`training.weighting`). A task that took no part
+    (or whose s is not finite) gets the placeholder s = 0 (σ = 1), not learned.
+    """
+    weighting = weighting_from_checkpoint(state)
+    log_variance = weighting.log_variance()
+    uncertainty = {}
+    for task in TASKS:
+        s = log_variance.get(task, math.nan)
+        participates = math.isfinite(s)
+        uncertainty[task] = TaskUncertainty(
+            log_variance=s if participates else 0.0, learned=weighting.learned and participates
+        )
+    return uncertainty
 
 
 def build_model_card(
@@ -75,66 +89,40 @@ def build_model_card(
     name: str,
     version: str,
     metrics: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The card for a model exported from checkpoint ``state`` (see `training.checkpoint`).
-
-    ``task_uncertainty`` holds each task's σ and s = log σ². For the uncertainty
-    strategies these are learned; for the others σ is the equivalent of the task's
-    weight, σ = sqrt(c / w) (`training.weighting`), and absent tasks get NaN-free
-    placeholders of σ = 1 marked ``"learned": false``.
-    """
+) -> ModelCard:
+    """The card for a model exported from checkpoint ``state`` (see `training.checkpoint`)."""
     config: TrainConfig = state["config"]
-    sigma: dict[str, float] = state.get("sigma") or {}
-    learned = config.loss.strategy in ("uncertainty", "uncertainty_log1p")
-    uncertainty = {}
-    for task in TASKS:
-        value = sigma.get(task)
-        participates = value is not None and math.isfinite(value) and value > 0
-        task_sigma = value if participates and value is not None else 1.0
-        uncertainty[task] = {
-            "sigma": task_sigma,
-            "log_variance": 2.0 * math.log(task_sigma),
-            "learned": learned and participates,
-        }
     config_json = json.dumps(to_dict(config), sort_keys=True)
-    # σ is the card's task_uncertainty; checkpoints written before it had a field of its
-    # own also kept a copy among the metrics.
+    # Old checkpoints kept σ among their metrics; the card has its own field for it.
     checkpoint_metrics = {k: v for k, v in (state.get("metrics") or {}).items() if k != "sigma"}
-    return {
-        "schema": CARD_SCHEMA,
-        "name": name,
-        "version": version,
-        "backbone": config.model.backbone,
-        "precision": precision,
-        "input": {
-            "name": INPUT_NAME,
-            "dtype": "uint8",
-            "layout": "NHWC",
-            "color": "RGB",
-            "height": config.data.height,
-            "width": config.data.width,
-            "spatial_multiple": model.output_stride,
-            "fixed_size": model.fixed_input_size,
-            "resize": RESIZE,
-            "normalisation": "inside the graph",
-        },
-        "outputs": {name: OUTPUT_DESCRIPTIONS[name] for name in OUTPUT_NAMES},
-        "classes": class_table_json(),
-        "ignore_index": IGNORE_INDEX,
-        "task_uncertainty": uncertainty,
-        "weighting": config.loss.strategy,
-        "pretrained": pretrained_weights(config),
-        "metrics": metrics if metrics is not None else checkpoint_metrics,
-        "training": {
-            "steps": state.get("step"),
-            "data_source": config.data.source,
-            "data_mix": config.data.sources(),
-            "data_terms": data_terms(config),
-            "resolution": [config.data.height, config.data.width],
-            "config_sha256": hashlib.sha256(config_json.encode()).hexdigest(),
-        },
-        "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "versions": {
+    return ModelCard(
+        name=name,
+        version=version,
+        backbone=config.model.backbone,
+        precision=precision,
+        input=InputSpec(
+            height=config.data.height,
+            width=config.data.width,
+            spatial_multiple=model.output_stride,
+            fixed_size=model.fixed_input_size,
+            resize=RESIZE,
+        ),
+        classes=CLASSES,
+        ignore_index=IGNORE_INDEX,
+        task_uncertainty=task_uncertainty(state),
+        weighting=config.loss.strategy,
+        pretrained=pretrained_weights(config),
+        metrics=metrics if metrics is not None else checkpoint_metrics,
+        training=TrainingInfo(
+            steps=state.get("step"),
+            data_source=config.data.source,
+            data_mix=config.data.sources(),
+            data_terms=data_terms(config),
+            resolution=(config.data.height, config.data.width),
+            config_sha256=hashlib.sha256(config_json.encode()).hexdigest(),
+        ),
+        exported_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        versions={
             "scene_mtl": _version("scene-mtl"),
             "torch": _version("torch"),
             "onnx": _version("onnx"),
@@ -143,4 +131,4 @@ def build_model_card(
             else _version("onnxruntime"),
             "python": platform.python_version(),
         },
-    }
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -126,7 +125,7 @@ def _export(args: argparse.Namespace, model: SceneNetwork, state: dict[str, Any]
             os.replace(staged[precision], path)
             if precision == main_precision:
                 card_path = path.with_suffix(".card.json")
-                card_path.write_text(json.dumps(card, indent=2, sort_keys=True))
+                card_path.write_text(card.to_json())
             size = path.stat().st_size / 2**20
             print(f"wrote {path} ({size:.1f} MiB)")
         if not failed and args.samples:

@@ -7,7 +7,6 @@ GPU never copies C x H x W logits back and no client repeats the preprocessing.
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from scene_contract.card import ModelCard
 from scene_contract.model import INPUT_NAME, MAX_IR_VERSION, METADATA_KEY, OUTPUT_NAMES
 from training.data.procedural import ProceduralScenes
 from training.model import SceneNetwork, to_model_input
@@ -87,7 +87,7 @@ def export_fp32(
     program.save(str(path))
 
 
-def finalize(path: Path, card: dict[str, Any]) -> None:
+def finalize(path: Path, card: ModelCard) -> None:
     """Write the model card into the metadata, cap the IR version, and check the file."""
     model = onnx.load(str(path))
     # onnxruntime refuses IR versions newer than it knows; opset 18 needs no more than IR 8.
@@ -96,10 +96,10 @@ def finalize(path: Path, card: dict[str, Any]) -> None:
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
     entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(card, sort_keys=True)
+    entry.key, entry.value = METADATA_KEY, card.to_json(indent=None)
     model.producer_name, model.doc_string = (
         "scene-mtl",
-        f"{card['name']} {card['version']} ({card['precision']})",
+        f"{card.name} {card.version} ({card.precision})",
     )
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))

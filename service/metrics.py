@@ -19,6 +19,7 @@ the directory between runs of the server, or old samples come back.
 from __future__ import annotations
 
 import os
+from enum import StrEnum
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -33,7 +34,20 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-STAGES: tuple[str, ...] = ("decode", "preprocess", "queue_wait", "inference", "postprocess", "encode")
+
+class Stage(StrEnum):
+    """The stages of a /predict request, in order: each is timed under its name, the
+    ``stage`` label of `STAGE_LATENCY` and an entry of ``Server-Timing``."""
+
+    DECODE = "decode"
+    PREPROCESS = "preprocess"
+    QUEUE_WAIT = "queue_wait"
+    INFERENCE = "inference"
+    POSTPROCESS = "postprocess"
+    ENCODE = "encode"
+
+
+STAGES: tuple[str, ...] = tuple(stage.value for stage in Stage)
 
 # From a warm tiny-model request (~1 ms) up to a request stuck behind a full queue.
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -78,7 +92,7 @@ MODEL_INFO = Gauge(
 )
 TASK_SIGMA = Gauge(
     "scene_task_sigma",
-    "Learned homoscedastic uncertainty σ of each task, from the model card.",
+    "Homoscedastic uncertainty σ of each task, from the model card (learned, or restating a fixed weight).",
     ["task"],
     multiprocess_mode="mostrecent",
 )

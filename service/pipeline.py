@@ -36,6 +36,7 @@ from service.batching import MicroBatcher
 from service.errors import InferenceTimeoutError
 from service.imaging import RGBImage, decode_upload, preprocess, resize_bilinear, resize_nearest
 from service.limits import choose_map_size
+from service.metrics import Stage
 from service.postprocess import Instance, group_instances, measure_resized
 from service.prediction import Prediction, PredictOptions, StageClock
 from service.responses import ResponseEncoder
@@ -62,7 +63,7 @@ class Answer:
     def headers(self) -> dict[str, str]:
         """``Server-Timing`` (each stage and the total, in milliseconds) and ``Scene-Map-Size``
         (the maps' size and why, for .npz answers, whose arrays carry no JSON beside them)."""
-        stages = [f"{name};dur={seconds * 1000:.3f}" for name, seconds in self.clock.seconds.items()]
+        stages = [f"{name.value};dur={seconds * 1000:.3f}" for name, seconds in self.clock.seconds.items()]
         note = self.map_size
         return {
             "Server-Timing": ", ".join([*stages, f"total;dur={self.total_s * 1000:.3f}"]),
@@ -103,13 +104,13 @@ class Pipeline:
             prepared = await to_thread.run_sync(self._prepare, data, options, clock, limiter=self.cpu_limiter)
         picture, (size, map_size), model_input = prepared
         result = await self.batcher.infer(model_input, self.settings.request_timeout_s)
-        clock.record("queue_wait", result.queue_wait_s)
-        clock.record("inference", result.inference_s)
+        clock.record(Stage.QUEUE_WAIT, result.queue_wait_s)
+        clock.record(Stage.INFERENCE, result.inference_s)
 
         # Postprocessing and encoding share one thread hop: at 128x256 each hop is a
         # noticeable share of what the service adds to the model's time.
         def finish() -> Answer:
-            with clock.stage("postprocess"):
+            with clock.stage(Stage.POSTPROCESS):
                 prediction = self.postprocess(
                     result.outputs, size, picture, options, result.batch_size, clock, map_size
                 )
@@ -145,8 +146,8 @@ class Pipeline:
                 results = await _all(self.batcher.infer(image, timeout_s) for image in inputs)
         except TimeoutError:
             raise InferenceTimeoutError(f"no answer within {timeout_s:g} s; server overloaded") from None
-        clock.record("queue_wait", max(result.queue_wait_s for result in results))
-        clock.record("inference", max(result.inference_s for result in results))
+        clock.record(Stage.QUEUE_WAIT, max(result.queue_wait_s for result in results))
+        clock.record(Stage.INFERENCE, max(result.inference_s for result in results))
         return {name: np.stack([result.outputs[name] for result in results]) for name in OUTPUT_NAMES}
 
     async def _prepare_encoded(self, data: bytes, clock: StageClock) -> RGBImage:
@@ -162,7 +163,7 @@ class Pipeline:
         """The picture for the overlay at the maps' size (None without an overlay), the maps' size
         (H, W) with why it was chosen, and the model input."""
         model_size = self.runtime.input_size
-        with clock.stage("decode"):
+        with clock.stage(Stage.DECODE):
             # A JPEG is decoded only as far as the model input, and the overlay's picture, need.
             def needed(image_size: tuple[int, int]) -> tuple[int, int]:
                 if not options.overlay:
@@ -172,8 +173,8 @@ class Pipeline:
 
             image, image_size = decode_upload(data, self.settings.max_pixels, needed)
         chosen = self._map_size(image_size, options)
-        with clock.stage("preprocess"):
-            model_input = preprocess(image, model_size, self.runtime.card.resize)
+        with clock.stage(Stage.PREPROCESS):
+            model_input = preprocess(image, model_size, self.runtime.card.input.resize)
             picture = None
             if options.overlay:
                 picture = model_input if chosen[0] == model_size else preprocess(image, chosen[0])

@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service import metrics
+from service.metrics import Stage
 from service.postprocess import Instance
 from service.schemas import MapSize, RequestedOutput, Resolution
 
@@ -32,20 +33,20 @@ class PredictOptions:
 class StageClock:
     """Seconds per stage for one request; each stage is also observed in Prometheus."""
 
-    seconds: dict[str, float] = field(default_factory=dict)
+    seconds: dict[Stage, float] = field(default_factory=dict)
 
     @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
+    def stage(self, name: Stage) -> Iterator[None]:
         started = time.perf_counter()
         yield
         # Only completed stages are observed, so failures do not skew the histograms.
         self.record(name, time.perf_counter() - started)
 
-    def record(self, name: str, seconds: float) -> None:
+    def record(self, name: Stage, seconds: float) -> None:
         self.seconds[name] = seconds
         metrics.STAGE_LATENCY.labels(stage=name).observe(seconds)
 
-    def milliseconds(self, name: str) -> float:
+    def milliseconds(self, name: Stage) -> float:
         return round(self.seconds.get(name, 0.0) * 1000, 3)
 
 

@@ -14,8 +14,9 @@ import numpy as np
 import numpy.typing as npt
 
 from scene_contract import drawing
-from scene_contract.model import ModelCard
+from scene_contract.card import ModelCard
 from service import encoding
+from service.metrics import Stage
 from service.prediction import Prediction, PredictOptions, StageClock
 from service.schemas import (
     ClassPresence,
@@ -27,7 +28,6 @@ from service.schemas import (
     PredictResponse,
     RequestedOutput,
     SemanticResult,
-    TaskSigma,
     Timings,
 )
 
@@ -42,9 +42,6 @@ class ResponseEncoder:
         self.card = card
         self.provider = provider
         self.palette = drawing.palette((c.train_id, c.color) for c in card.classes)
-        self.task_uncertainty = {
-            task: TaskSigma.model_validate(value) for task, value in card.task_uncertainty.items()
-        }
 
     def encode(self, prediction: Prediction, options: PredictOptions, started: float) -> tuple[bytes, str]:
         """The body and its media type, as ``options`` asked (JSON unless ``options.npz``)."""
@@ -59,7 +56,7 @@ class ResponseEncoder:
         """The JSON body: PNGs as base64, class and instance tables, timings."""
         card = self.card
         clock = prediction.clock
-        with clock.stage("encode"):
+        with clock.stage(Stage.ENCODE):
             semantic = depth = instances = overlay = None
             if prediction.semantic_confidence is not None:
                 semantic = SemanticResult(
@@ -121,7 +118,7 @@ class ResponseEncoder:
                 )
         return PredictResponse(
             model=ModelInfo(name=card.name, version=card.version, execution_provider=self.provider),
-            task_uncertainty=self.task_uncertainty,
+            task_uncertainty=card.task_uncertainty,
             width=prediction.width,
             height=prediction.height,
             resolution=prediction.map_size,
@@ -144,7 +141,7 @@ class ResponseEncoder:
         group only when its output was asked for (the prediction holds only those).
         """
         arrays: dict[str, npt.NDArray[Any]] = {}
-        with prediction.clock.stage("encode"):
+        with prediction.clock.stage(Stage.ENCODE):
             if prediction.semantic_confidence is not None:
                 arrays["semantic"] = prediction.semantic
                 arrays["semantic_confidence"] = prediction.semantic_confidence
@@ -189,11 +186,11 @@ def classes_present(
 def timings(clock: StageClock, started: float) -> Timings:
     """Per-stage milliseconds and the total since ``started`` (a ``time.perf_counter()``)."""
     return Timings(
-        decode=clock.milliseconds("decode"),
-        preprocess=clock.milliseconds("preprocess"),
-        queue=clock.milliseconds("queue_wait"),
-        inference=clock.milliseconds("inference"),
-        postprocess=clock.milliseconds("postprocess"),
-        encode=clock.milliseconds("encode"),
+        decode=clock.milliseconds(Stage.DECODE),
+        preprocess=clock.milliseconds(Stage.PREPROCESS),
+        queue=clock.milliseconds(Stage.QUEUE_WAIT),
+        inference=clock.milliseconds(Stage.INFERENCE),
+        postprocess=clock.milliseconds(Stage.POSTPROCESS),
+        encode=clock.milliseconds(Stage.ENCODE),
         total=round((time.perf_counter() - started) * 1000, 3),
     )

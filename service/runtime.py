@@ -19,14 +19,8 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from scene_contract.model import (
-    INPUT_NAME,
-    METADATA_KEY,
-    OUTPUT_NAMES,
-    ModelCard,
-    ModelCardError,
-    parse_model_card,
-)
+from scene_contract.card import ModelCard, ModelCardError
+from scene_contract.model import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES
 from service import metrics
 from service.gpu import cuda_devices, device_for_worker, worker_index
 from service.settings import Settings
@@ -218,8 +212,8 @@ class ModelRuntime:
             "loaded %s %s (%dx%d) as %r on %s, worker %d, options %s",
             card.name,
             card.version,
-            card.input_width,
-            card.input_height,
+            card.input.width,
+            card.input.height,
             runtime.name,
             runtime.provider,
             worker_index(),
@@ -240,7 +234,7 @@ class ModelRuntime:
     @property
     def input_size(self) -> tuple[int, int]:
         """``(height, width)`` every image is resized to: the training resolution in the card."""
-        return self.card.input_height, self.card.input_width
+        return self.card.input.height, self.card.input.width
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         """Run zero images at the model's input size, then mark the runtime ready.
@@ -334,7 +328,7 @@ def open_model(
         raise ModelLoadError(f"onnxruntime cannot load {path}: {error}") from error
     check_contract(session)
     try:
-        card = parse_model_card(session.get_modelmeta().custom_metadata_map.get(METADATA_KEY))
+        card = ModelCard.from_json(session.get_modelmeta().custom_metadata_map.get(METADATA_KEY))
     except ModelCardError as error:
         raise ModelLoadError(f"{path}: {error}") from error
     return session, card

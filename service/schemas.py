@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, create_model
+
+from scene_contract.card import TaskUncertainty, TaskUncertaintyJSON
 
 
 class RequestedOutput(StrEnum):
@@ -46,17 +49,20 @@ class ModelInfo(BaseModel):
     execution_provider: str = Field(description="ONNX Runtime provider in use, e.g. 'CUDAExecutionProvider'.")
 
 
-class TaskSigma(BaseModel):
-    """One task's σ, read from the model card's `scene_contract.model.TaskUncertainty`."""
+# A task's uncertainty is the model card's own object, answered as the card spells it
+# (`TaskUncertainty.to_dict`). pydantic reads a standard-library TypedDict only on
+# Python 3.12 and later, so the answer's schema is a model built from its annotations.
+_UNCERTAINTY_FIELDS: dict[str, Any] = {
+    key: (kind, ...) for key, kind in get_type_hints(TaskUncertaintyJSON).items()
+}
+_TaskUncertaintyAnswer: type[BaseModel] = create_model("TaskUncertainty", **_UNCERTAINTY_FIELDS)
 
-    model_config = ConfigDict(from_attributes=True)
 
-    sigma: float = Field(description="Learned homoscedastic uncertainty σ of the task.")
-    log_variance: float = Field(description="s = log σ², the quantity the training optimised.")
-    learned: bool | None = Field(
-        default=None,
-        description="False when σ restates a fixed loss weight (σ = sqrt(c / w)); None if unknown.",
-    )
+def _answer(uncertainty: TaskUncertainty) -> BaseModel:
+    return _TaskUncertaintyAnswer(**uncertainty.to_dict())
+
+
+CardTaskUncertainty = Annotated[TaskUncertainty, PlainSerializer(_answer, return_type=_TaskUncertaintyAnswer)]
 
 
 class ClassPresence(BaseModel):
@@ -154,8 +160,10 @@ class PredictResponse(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
     model: ModelInfo
-    task_uncertainty: dict[str, TaskSigma] = Field(
-        description="Each task's σ, keyed by the task names in the model card."
+    task_uncertainty: Mapping[str, CardTaskUncertainty] = Field(
+        description="Each task's homoscedastic uncertainty from the model card, keyed by task: σ, "
+        "s = log σ² (the quantity training optimised) and learned (false when σ restates a "
+        "fixed loss weight, σ = sqrt(c / w); null if the card does not say)."
     )
     width: int = Field(description="Width of the returned maps in pixels.")
     height: int = Field(description="Height of the returned maps in pixels.")

@@ -1,5 +1,9 @@
 """Checkpoints: everything to resume a run, or to rebuild its model from the file alone.
 
+Each task's s = log σ² is stored once, in the loss weighting's state (learned
+parameters, or the weights it restates); `weighting_from_checkpoint` rebuilds the
+strategy to read it.
+
 Files are written atomically (temporary file, then rename), so an interrupted save
 never leaves a truncated checkpoint where a good one was. They are read with
 ``torch.load(weights_only=True)``, which never unpickles arbitrary code: a
@@ -19,6 +23,7 @@ from torch import nn
 
 from training.config import ConfigError, TrainConfig, from_dict, to_dict
 from training.model import SceneNetwork, build_model
+from training.weighting import LossWeighting, build_weighting_from_config
 
 FORMAT = "scene-mtl/checkpoint-v1"
 
@@ -35,7 +40,6 @@ def save_checkpoint(
     model: nn.Module,
     weighting: nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
-    sigma: dict[str, float] | None = None,
     metrics: dict[str, Any] | None = None,
 ) -> None:
     state: dict[str, Any] = {
@@ -46,7 +50,6 @@ def save_checkpoint(
         "weighting": weighting.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "rng": {"torch": torch.get_rng_state()},
-        "sigma": sigma or {},
         "metrics": metrics or {},
     }
     if torch.cuda.is_available():
@@ -98,3 +101,20 @@ def model_from_checkpoint(path: str | Path) -> tuple[SceneNetwork, dict[str, Any
         raise CheckpointError(f"checkpoint {path}: its weights do not fit its model ({first_line})") from None
     model.eval()
     return model, state
+
+
+def weighting_from_checkpoint(state: dict[str, Any]) -> LossWeighting:
+    """The run's loss weighting as it was saved (``state`` from `load_checkpoint`).
+
+    Its ``log_variance()`` are the checkpoint's s_i; ``learned`` says whether training
+    learned them.
+    """
+    weighting = build_weighting_from_config(state["config"].loss)
+    try:
+        weighting.load_state_dict(state["weighting"])
+    except (RuntimeError, KeyError) as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise CheckpointError(
+            f"the checkpoint's loss weighting does not fit its config ({first_line})"
+        ) from None
+    return weighting

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from training.checkpoint import CheckpointError, model_from_checkpoint
+from training.checkpoint import CheckpointError, model_from_checkpoint, weighting_from_checkpoint
 from training.data.camvid import CAMVID_CLASSES, CAMVID_VOID, CamVidScenes, train_id_to_camvid
 from training.data.cityscapes import CityscapesScenes
 from training.data.classes import CLASSES, IGNORE_INDEX, is_thing_table
@@ -365,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.count <= 0 or args.batch_size <= 0 or args.baseline_scenes < 0:
             raise DataConfigError("--count and --batch-size must be positive, --baseline-scenes >= 0")
         model, state = model_from_checkpoint(args.checkpoint)
+        sigma = weighting_from_checkpoint(state).sigma()
         config = state["config"]
         h, w = config.data.height, config.data.width
         scenes: SceneSource
@@ -395,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint": str(args.checkpoint),
         "step": state["step"],
         "dataset": dataset_info | {"height": h, "width": w},
-        "sigma": state["sigma"],
+        "sigma": sigma,
         **metrics,
     }
     if camvid is not None:

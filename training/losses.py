@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.nn.functional import cross_entropy
 
-from scene_contract.model import TASKS
+from scene_contract.model import DEPTH_TASK, INSTANCE_TASK, SEMANTIC_TASK, TASKS
 from training.data.classes import IGNORE_INDEX
 
 
@@ -91,9 +91,9 @@ def labelled_tasks(targets: dict[str, Tensor], tasks: tuple[str, ...] = TASKS) -
     task: semantic pixels not ``IGNORE_INDEX``, instance pixels, depth measurements.
     """
     masks = {
-        "semantic": lambda: targets["semantic"] != IGNORE_INDEX,
-        "instance": lambda: targets["instance_mask"],
-        "depth": lambda: targets["depth_mask"],
+        SEMANTIC_TASK: lambda: targets["semantic"] != IGNORE_INDEX,
+        INSTANCE_TASK: lambda: targets["instance_mask"],
+        DEPTH_TASK: lambda: targets["depth_mask"],
     }
     return {task: masks[task]().any() for task in tasks}
 
@@ -119,14 +119,14 @@ def task_losses(
     if unknown:
         raise ValueError(f"unknown tasks {unknown}; valid tasks: {', '.join(TASKS)}")
     losses: dict[str, Tensor] = {}
-    if "semantic" in tasks:
-        losses["semantic"] = semantic_loss(outputs["semantic_logits"], targets["semantic"], class_weights)
-    if "instance" in tasks:
-        losses["instance"] = instance_loss(
+    if SEMANTIC_TASK in tasks:
+        losses[SEMANTIC_TASK] = semantic_loss(outputs["semantic_logits"], targets["semantic"], class_weights)
+    if INSTANCE_TASK in tasks:
+        losses[INSTANCE_TASK] = instance_loss(
             outputs["instance_offsets"], targets["instance_offsets"], targets["instance_mask"]
         )
-    if "depth" in tasks:
-        losses["depth"] = depth_loss(
+    if DEPTH_TASK in tasks:
+        losses[DEPTH_TASK] = depth_loss(
             outputs["inverse_depth"], targets["inverse_depth"], targets["depth_mask"]
         )
     return losses

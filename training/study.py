@@ -43,12 +43,17 @@ import torch
 import yaml
 
 from scene_contract.model import TASKS
-from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from training.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    model_from_checkpoint,
+    weighting_from_checkpoint,
+)
 from training.config import ConfigError, TrainConfig, load_config, to_dict
 from training.data.procedural import SPLITS, ProceduralScenes
 from training.data.sample import DataConfigError
 from training.evaluate import evaluate
-from training.train import build_weighting_from_config, setup_placement, train
+from training.train import setup_placement, train
 from training.weighting import NonFiniteLossError, likelihood_scale
 
 # The metric of each task in the table: (result key, label, higher is better).
@@ -631,7 +636,7 @@ def advance(
     step = int(state["step"])
     if step >= config.steps and state["metrics"] and not (run.run_dir / "metrics.json").is_file():
         # Stopped between the final checkpoint and metrics.json: the checkpoint holds them.
-        final = {"step": step, "sigma": state["sigma"], **state["metrics"]}
+        final = {"step": step, "sigma": weighting_from_checkpoint(state).sigma(), **state["metrics"]}
         (run.run_dir / "metrics.json").write_text(json.dumps(final, indent=2))
     trained = (run.run_dir / "metrics.json").is_file()
     if step and not trained:
@@ -677,8 +682,8 @@ def score(study: StudyConfig, run: PlannedRun, config: TrainConfig, train_second
     )
     test = evaluate(model.to(device), scenes, batch_size=ev.batch_size, device=device)
     validation = json.loads((run.run_dir / "metrics.json").read_text())
-    weighting = build_weighting_from_config(config.loss)
-    sigma: dict[str, float] = state["sigma"]
+    weighting = weighting_from_checkpoint(state)
+    sigma = weighting.sigma()
     return {
         "arm": run.arm.name,
         "seed": run.seed,

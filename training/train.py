@@ -32,7 +32,7 @@ from tqdm import tqdm
 from scene_contract.model import TASKS
 from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from training.class_weights import class_weights, pixel_counts
-from training.config import ConfigError, LossConfig, OptimConfig, TrainConfig, load_config
+from training.config import ConfigError, OptimConfig, TrainConfig, load_config
 from training.data.camvid import CamVidScenes
 from training.data.classes import CLASSES
 from training.data.sample import DataConfigError
@@ -46,7 +46,7 @@ from training.dataset import (
 from training.evaluate import evaluate
 from training.losses import labelled_tasks, task_losses
 from training.model import SceneNetwork, build_model
-from training.weighting import LossWeighting, NonFiniteLossError, build_weighting, check_finite
+from training.weighting import LossWeighting, NonFiniteLossError, build_weighting_from_config, check_finite
 
 LOG_COLUMNS = (
     "step",
@@ -103,20 +103,6 @@ class Objective(nn.Module):
         tasks = self.weighting.tasks
         total, _ = self.weighting({t: losses[t] for t in tasks}, labelled_tasks(batch, tasks))
         return total, losses
-
-
-def build_weighting_from_config(config: LossConfig) -> LossWeighting:
-    options: dict[str, Any] = {}
-    if config.strategy in ("uncertainty", "uncertainty_log1p"):
-        options = {"tasks": config.tasks, "initial_log_variance": config.init_log_variance}
-    elif config.strategy == "fixed":
-        options = {"weights": config.weights}
-    elif config.strategy == "dwa":
-        options = {"tasks": config.tasks, "temperature": config.dwa_temperature, "window": config.dwa_window}
-    try:
-        return build_weighting(config.strategy, **options)
-    except ValueError as error:
-        raise ConfigError(f"loss.strategy: {error}") from None
 
 
 def build_optimizer(model: nn.Module, weighting: LossWeighting, config: TrainConfig) -> torch.optim.SGD:
@@ -465,7 +451,7 @@ def finish(config: TrainConfig, placement: Placement, state: TrainingState) -> d
         run_dir = Path(config.run_dir)
         metrics = validate(config, placement, state.model, progress=True)
         final = {"step": config.steps, "sigma": state.weighting.sigma(), **metrics}
-        _save(run_dir / "last.pt", config, config.steps, state, metrics)  # σ has its own field
+        _save(run_dir / "last.pt", config, config.steps, state, metrics)  # σ is in the weighting's state
         (run_dir / "metrics.json").write_text(json.dumps(final, indent=2))
         plot_sigma(run_dir / "log.csv", run_dir / "sigma.png")
     if placement.world_size > 1:
@@ -492,7 +478,6 @@ def _save(
         model=state.model,
         weighting=state.weighting,
         optimizer=state.optimizer,
-        sigma=state.weighting.sigma(),
         metrics=metrics,
     )
 

@@ -13,13 +13,16 @@ Each strategy is a small ``nn.Module`` with a name in ``WEIGHTINGS``::
   entirely (see "Missing labels" below). Only the strategy's ``tasks`` take part; other keys in
   ``losses`` are ignored, so a "semantic + depth" run can still compute (and log) the
   instance loss.
-- ``sigma()`` reports each task's σ_i. For the uncertainty strategies it is the learned
-  σ_i = exp(s_i / 2). For the others it is the σ_i at which Eq. 10's data term would
-  carry the same weight, ``w_i = c_i / σ_i²``, i.e. ``σ_i = sqrt(c_i / w_i)``, so the
+- ``log_variance()`` reports each task's s_i = log σ_i², and ``sigma()`` its σ_i =
+  exp(s_i / 2). For the uncertainty strategies s_i is learned (the class attribute
+  ``learned`` is True). For the others it is the s_i at which Eq. 10's data term would
+  carry the same weight, ``w_i = c_i / σ_i²``, i.e. ``s_i = log(c_i / w_i)``, so the
   logged curves are comparable across strategies.
 - ``parameter_groups(lr)`` is the optimiser group for the learned s_i, without weight
   decay (decay would pull σ towards 1 regardless of the data); it is empty for
   strategies that learn nothing. The module must live on the same device as the losses.
+- ``config_options(loss_config)`` are the constructor's options from a run's
+  ``loss`` section; ``build_weighting_from_config`` builds the configured strategy.
 
 Here ``c_i = 1`` for classification (semantic) and ``1/2`` for regression (instance,
 depth): the scale of the task's likelihood in Kendall, Gal & Cipolla (CVPR 2018).
@@ -40,13 +43,14 @@ import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.nn.functional import softplus
 
 from scene_contract.model import TASKS
+from training.config import ConfigError, LossConfig
 
 CLASSIFICATION_TASKS: frozenset[str] = frozenset({"semantic"})
 
@@ -94,7 +98,10 @@ class LossWeighting(nn.Module, ABC):
 
     Attributes:
         tasks: the tasks whose losses enter the total, in ``TASKS`` order.
+        learned: whether the strategy learns each σ_i (False: σ_i restates a weight).
     """
+
+    learned: ClassVar[bool] = False
 
     def __init__(self, tasks: Iterable[str]) -> None:
         super().__init__()
@@ -111,9 +118,18 @@ class LossWeighting(nn.Module, ABC):
         pixel in the batch; such a task contributes nothing. ``None``: all labelled.
         """
 
+    @classmethod
     @abstractmethod
+    def config_options(cls, config: LossConfig) -> dict[str, Any]:
+        """The constructor's options from a run's ``loss`` configuration."""
+
+    @abstractmethod
+    def log_variance(self) -> dict[str, float]:
+        """s_i = log σ_i² per participating task (learned, or the equivalent of its weight)."""
+
     def sigma(self) -> dict[str, float]:
-        """σ_i per participating task (learned, or the equivalent of the fixed weight)."""
+        """σ_i = exp(s_i / 2) per participating task."""
+        return {t: math.exp(s / 2) for t, s in self.log_variance().items()}
 
     def parameter_groups(self, lr: float) -> list[dict[str, Any]]:
         """Optimiser parameter groups for the learned weights: own ``lr``, no weight decay.
@@ -161,6 +177,8 @@ class UncertaintyWeighting(LossWeighting):
         task_log_variance: ``ParameterDict`` task -> scalar ``s_i``.
     """
 
+    learned = True
+
     def __init__(
         self,
         tasks: Iterable[str] = TASKS,
@@ -194,8 +212,12 @@ class UncertaintyWeighting(LossWeighting):
         logged = torch.stack(weights).tolist()
         return torch.stack(terms).sum(), dict(zip(self.tasks, logged, strict=True))
 
-    def sigma(self) -> dict[str, float]:
-        return {t: math.exp(self.task_log_variance[t].item() / 2) for t in self.tasks}
+    @classmethod
+    def config_options(cls, config: LossConfig) -> dict[str, Any]:
+        return {"tasks": config.tasks, "initial_log_variance": config.init_log_variance}
+
+    def log_variance(self) -> dict[str, float]:
+        return {t: self.task_log_variance[t].item() for t in self.tasks}
 
 
 class UncertaintyLog1pWeighting(UncertaintyWeighting):
@@ -249,8 +271,12 @@ class FixedWeighting(LossWeighting):
         total = torch.stack(terms).sum()
         return total, dict(self.task_weight)
 
-    def sigma(self) -> dict[str, float]:
-        return {t: math.sqrt(likelihood_scale(t) / w) for t, w in self.task_weight.items()}
+    @classmethod
+    def config_options(cls, config: LossConfig) -> dict[str, Any]:
+        return {"weights": config.weights}
+
+    def log_variance(self) -> dict[str, float]:
+        return {t: math.log(likelihood_scale(t) / w) for t, w in self.task_weight.items()}
 
 
 class DynamicWeightAverage(LossWeighting):
@@ -326,9 +352,13 @@ class DynamicWeightAverage(LossWeighting):
             rate = latest / previous.clamp(min=torch.finfo(previous.dtype).tiny)
             self.task_weight.copy_(len(self.tasks) * torch.softmax(rate / self.temperature, 0))
 
-    def sigma(self) -> dict[str, float]:
+    @classmethod
+    def config_options(cls, config: LossConfig) -> dict[str, Any]:
+        return {"tasks": config.tasks, "temperature": config.dwa_temperature, "window": config.dwa_window}
+
+    def log_variance(self) -> dict[str, float]:
         return {
-            t: math.sqrt(likelihood_scale(t) / w)
+            t: math.log(likelihood_scale(t) / w)
             for t, w in zip(self.tasks, self.task_weight.tolist(), strict=True)
         }
 
@@ -372,3 +402,13 @@ def build_weighting(name: str, **options: Any) -> LossWeighting:
             f"invalid options for loss weighting {name!r}: {err}; accepted options: {accepted}"
         ) from None
     return strategy(**options)
+
+
+def build_weighting_from_config(config: LossConfig) -> LossWeighting:
+    """The strategy a run's ``loss`` section configures; `ConfigError` naming what is wrong."""
+    strategy = WEIGHTINGS.get(config.strategy)
+    options = strategy.config_options(config) if strategy is not None else {}
+    try:
+        return build_weighting(config.strategy, **options)
+    except ValueError as error:
+        raise ConfigError(f"loss.strategy: {error}") from None

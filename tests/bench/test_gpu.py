@@ -12,7 +12,8 @@ import pytest
 
 import model_export.export
 from bench import gpu
-from scene_contract.model import METADATA_KEY, parse_model_card
+from scene_contract.card import ModelCard
+from scene_contract.model import METADATA_KEY
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,8 +66,8 @@ def test_a_fresh_export_gets_a_card_the_service_can_load(
     for path in paths.values():
         cards = [p.value for p in onnx.load(str(path)).metadata_props if p.key == METADATA_KEY]
         assert len(cards) == 1, path
-        card = parse_model_card(cards[0])  # what the service reads at start-up
-        assert len(card.classes) == 19 and card.input_height > 0
+        card = ModelCard.from_json(cards[0])  # what the service reads at start-up
+        assert len(card.classes) == 19 and card.input.height > 0
 
 
 def test_the_benchmark_hands_onnxruntime_the_services_gpu_options(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 import onnxruntime as ort
 import torch
 
-from scene_contract.model import METADATA_KEY, parse_model_card
+from scene_contract.card import ModelCard
+from scene_contract.model import METADATA_KEY
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,6 +44,6 @@ def test_gpu_training_dry_run_brings_back_checkpoint_metrics_and_model(
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["step"] == 2 and "camvid_miou" in metrics["camvid"]
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-    card = parse_model_card(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
-    assert (card.version, card.backbone, card.fixed_size) == ("3", "espnetv2", True)
+    card = ModelCard.from_json(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
+    assert (card.version, card.backbone, card.input.fixed_size) == ("3", "espnetv2", True)
     assert (out / "run" / "last.pt").is_file() and (out / "run" / "log.csv").is_file()

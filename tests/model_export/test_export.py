@@ -11,15 +11,9 @@ from PIL import Image
 
 import model_export.cli as cli
 from model_export.export import verification_images, verify
-from scene_contract.model import (
-    INPUT_NAME,
-    MAX_IR_VERSION,
-    METADATA_KEY,
-    OUTPUT_NAMES,
-    SAMPLES_DIR,
-    parse_model_card,
-)
-from training.checkpoint import load_checkpoint, model_from_checkpoint
+from scene_contract.card import ModelCard
+from scene_contract.model import INPUT_NAME, MAX_IR_VERSION, METADATA_KEY, OUTPUT_NAMES, SAMPLES_DIR
+from training.checkpoint import load_checkpoint, model_from_checkpoint, weighting_from_checkpoint
 from training.data.procedural import ProceduralScenes
 
 
@@ -70,18 +64,19 @@ def test_model_card_round_trips_through_the_metadata(exported: Path, checkpoint:
     # The three lines the docs show a user.
     session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
     card = json.loads(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
-    parsed = parse_model_card(json.dumps(card))
+    parsed = ModelCard.from_json(json.dumps(card))
 
-    state = load_checkpoint(checkpoint)
+    weighting = weighting_from_checkpoint(load_checkpoint(checkpoint))
     assert (parsed.name, parsed.version, parsed.precision) == ("smoke", "7", "fp32")
-    assert (parsed.input_height, parsed.input_width) == (32, 64)  # the checkpoint's training size
+    assert (parsed.input.height, parsed.input.width) == (32, 64)  # the checkpoint's training size
     assert len(parsed.classes) == 19 and parsed.thing_ids == (11, 12, 13, 14, 15, 16, 17, 18)
     assert parsed.classes[13].name == "car" and parsed.classes[13].color == (0, 0, 142)
-    for task, sigma in state["sigma"].items():
-        assert parsed.task_uncertainty[task].sigma == pytest.approx(sigma)
-        assert parsed.task_uncertainty[task].log_variance == pytest.approx(2 * np.log(sigma))
+    for task, log_variance in weighting.log_variance().items():
+        # The checkpoint's s itself, not one recomputed from a rounded σ.
+        assert parsed.task_uncertainty[task].log_variance == log_variance
+        assert card["task_uncertainty"][task]["sigma"] == pytest.approx(weighting.sigma()[task])
         assert parsed.task_uncertainty[task].learned is True
-    assert parsed.resize == "bilinear"  # how the service must resize, as training did
+    assert parsed.input.resize == "bilinear"  # how the service must resize, as training did
     assert parsed.weighting == "uncertainty"
     assert "semantic_miou" in parsed.metrics
     assert len(card["training"]["config_sha256"]) == 64
@@ -115,7 +110,7 @@ def test_dynamic_batch_and_size_match_pytorch(
 def test_reduced_precision_variants_load_run_and_say_what_they_are(exported: Path, variant: str) -> None:
     path = exported.with_suffix(f".{variant}.onnx")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert parse_model_card(session.get_modelmeta().custom_metadata_map[METADATA_KEY]).precision == variant
+    assert ModelCard.from_json(session.get_modelmeta().custom_metadata_map[METADATA_KEY]).precision == variant
     assert session.get_inputs()[0].type == "tensor(uint8)"
     outputs = session.run(None, {INPUT_NAME: np.zeros((2, 64, 128, 3), dtype=np.uint8)})
     assert [o.dtype for o in outputs] == [np.uint8, np.float32, np.float32, np.float32]
@@ -141,7 +136,7 @@ def test_fp16_weights_halve_the_file_and_keep_float32_compute(
     assert {t.data_type for t in model.graph.initializer} >= {onnx.TensorProto.FLOAT16}
     assert out.stat().st_size < 0.6 * exported.stat().st_size
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    card = parse_model_card(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
+    card = ModelCard.from_json(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
     assert card.precision == "fp32-fp16weights"
     images = np.random.default_rng(1).integers(0, 256, (2, 64, 128, 3), dtype=np.uint8)
     full = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])

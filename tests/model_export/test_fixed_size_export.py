@@ -14,7 +14,8 @@ from PIL import Image
 
 import model_export.cli as cli
 from model_export.export import verification_images, verify
-from scene_contract.model import INPUT_NAME, METADATA_KEY, parse_model_card
+from scene_contract.card import ModelCard
+from scene_contract.model import INPUT_NAME, METADATA_KEY
 from training.checkpoint import model_from_checkpoint
 
 HEIGHT, WIDTH = 64, 128
@@ -61,9 +62,9 @@ def espnet_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_card_says_the_graph_has_one_size(espnet_export: Path) -> None:
     session = ort.InferenceSession(str(espnet_export), providers=["CPUExecutionProvider"])
-    card = parse_model_card(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
-    assert card.fixed_size and (card.input_height, card.input_width) == (HEIGHT, WIDTH)
-    assert card.backbone == "espnetv2" and card.raw["pretrained"] is None  # random start, none claimed
+    card = ModelCard.from_json(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
+    assert card.input.fixed_size and (card.input.height, card.input.width) == (HEIGHT, WIDTH)
+    assert card.backbone == "espnetv2" and card.pretrained is None  # random start, none claimed
     (image,) = session.get_inputs()
     assert image.name == INPUT_NAME and image.shape[1:] == [HEIGHT, WIDTH, 3]
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 import math
 import os
 import socket
@@ -42,11 +41,12 @@ from fastapi import FastAPI
 from onnx import TensorProto, helper
 from PIL import Image
 
-from scene_contract.model import CARD_SCHEMA, METADATA_KEY, SAMPLES_DIR
+from scene_contract.card import InputSpec, ModelCard, TaskUncertainty, TrainingInfo
+from scene_contract.model import METADATA_KEY, SAMPLES_DIR
 from service.main import create_app
 from service.metrics import MULTIPROC_ENV
 from service.settings import Settings
-from training.data.classes import class_table_json
+from training.data.classes import CLASSES, IGNORE_INDEX
 
 MODEL_HEIGHT = 32
 MODEL_WIDTH = 48
@@ -56,29 +56,36 @@ ROAD, SKY, CAR = 0, 10, 13
 CPU_ONLY = ["CPUExecutionProvider"]
 
 
-def model_card(height: int = MODEL_HEIGHT, width: int = MODEL_WIDTH) -> dict[str, Any]:
+def model_card(height: int = MODEL_HEIGHT, width: int = MODEL_WIDTH) -> ModelCard:
     """A valid model card for the tiny model (classes from the project's class table)."""
     sigmas = {"semantic": 0.5, "instance": 2.0, "depth": 1.0}
-    return {
-        "schema": CARD_SCHEMA,
-        "name": MODEL_NAME,
-        "version": MODEL_VERSION,
-        "backbone": "none",
-        "input": {"height": height, "width": width, "spatial_multiple": 8},
-        "precision": "fp32",
-        "classes": class_table_json(),
-        "ignore_index": 255,
-        "task_uncertainty": {
-            task: {"sigma": sigma, "log_variance": 2 * math.log(sigma), "learned": True}
-            for task, sigma in sigmas.items()
+    return ModelCard(
+        name=MODEL_NAME,
+        version=MODEL_VERSION,
+        backbone="none",
+        precision="fp32",
+        input=InputSpec(height=height, width=width, spatial_multiple=8),
+        classes=CLASSES,
+        ignore_index=IGNORE_INDEX,
+        task_uncertainty={
+            task: TaskUncertainty(2 * math.log(sigma), learned=True) for task, sigma in sigmas.items()
         },
-        "weighting": "uncertainty",
-        "metrics": {"miou": 0.5},
-    }
+        weighting="uncertainty",
+        pretrained=None,
+        metrics={"miou": 0.5},
+        training=TrainingInfo(
+            steps=10, data_source="procedural", resolution=(height, width), config_sha256="0" * 64
+        ),
+        exported_at="2026-12-04T00:00:00+00:00",
+        versions={"scene_mtl": "test"},
+    )
 
 
-def build_tiny_model(path: Path, card: dict[str, Any] | None = None) -> Path:
-    """Write the tiny contract-conforming model (IR 10, opset 17) to ``path``."""
+def build_tiny_model(path: Path, card: ModelCard | str | None = None) -> Path:
+    """Write the tiny contract-conforming model (IR 10, opset 17) to ``path``.
+
+    ``card``: its model card, or the metadata's text as is (to plant a broken one).
+    """
     f32 = TensorProto.FLOAT
 
     def const(name: str, values: list[float] | list[int], dtype: int = f32) -> onnx.TensorProto:
@@ -142,7 +149,8 @@ def build_tiny_model(path: Path, card: dict[str, Any] | None = None) -> Path:
         initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
-    helper.set_model_props(model, {METADATA_KEY: json.dumps(card if card is not None else model_card())})
+    text = card if isinstance(card, str) else (card or model_card()).to_json(indent=None)
+    helper.set_model_props(model, {METADATA_KEY: text})
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, path)
     return path
@@ -212,8 +220,8 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def card() -> dict[str, Any]:
-    """The tiny model's card as JSON-ready dict (a fresh copy to edit)."""
+def card() -> ModelCard:
+    """The tiny model's card."""
     return model_card()
 
 
@@ -221,7 +229,7 @@ def card() -> dict[str, Any]:
 def build_model(tmp_path: Path) -> Callable[..., Path]:
     """``build_model(card=None, name="model.onnx")``: write a tiny model, return its path."""
 
-    def build(card: dict[str, Any] | None = None, name: str = "model.onnx") -> Path:
+    def build(card: ModelCard | str | None = None, name: str = "model.onnx") -> Path:
         return build_tiny_model(tmp_path / name, card)
 
     return build

@@ -21,7 +21,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from scene_contract.model import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, parse_model_card
+from scene_contract.card import ModelCard
+from scene_contract.model import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES
 from service.encoding import decode_png, from_base64
 from service.main import create_app
 from service.settings import Settings
@@ -60,26 +61,31 @@ def test_the_bundled_files_are_there_and_small() -> None:
 
 
 def test_the_card_is_complete(session: ort.InferenceSession) -> None:
-    card = parse_model_card(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
+    card = ModelCard.from_json(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
     assert (card.name, card.version, card.backbone) == ("scene-mtl-default", "3", "espnetv2")
     # ESPNetv2's graph holds its resampling sizes: valid at the card's size only.
-    assert card.fixed_size and (card.input_height, card.input_width) == (320, 640)
+    assert card.input.fixed_size and (card.input.height, card.input.width) == (320, 640)
     (image,) = session.get_inputs()
     assert image.shape[1:] == [320, 640, 3]
     assert card.weighting == "uncertainty"
     assert len(card.classes) == 19 and card.thing_ids
     for task in ("semantic", "instance", "depth"):
-        assert card.raw["task_uncertainty"][task]["learned"] is True
+        assert card.task_uncertainty[task].learned is True
         assert 0 < card.task_uncertainty[task].sigma < 10
     assert card.metrics["semantic_miou"] > 0
-    assert json.loads((BUNDLED / "model.card.json").read_text()) == card.raw
+    # The file next to the model is its metadata's card (tests/scene_contract reads all
+    # of it through the typed card).
+    written = json.loads((BUNDLED / "model.card.json").read_text())
+    assert json.loads(session.get_modelmeta().custom_metadata_map[METADATA_KEY]) == written
+    assert card == ModelCard.from_json(json.dumps(written))
 
 
 def test_the_card_names_the_weights_it_started_from(session: ort.InferenceSession) -> None:
-    card = parse_model_card(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
-    pretrained = card.raw["pretrained"]
-    assert pretrained["sha256"] == "a72d59699801c7ce8e8b89a53af9097eaaa60dc12180ecde86fd700ba1222fe8"
-    assert "EdgeNets" in pretrained["source"] and "non-commercial" in pretrained["licence"]
+    card = ModelCard.from_json(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
+    pretrained = card.pretrained
+    assert pretrained is not None
+    assert pretrained.sha256 == "a72d59699801c7ce8e8b89a53af9097eaaa60dc12180ecde86fd700ba1222fe8"
+    assert "EdgeNets" in (pretrained.source or "") and "non-commercial" in (pretrained.licence or "")
 
 
 def test_recorded_metrics_beat_the_trivial_baselines(recorded: dict[str, Any]) -> None:
@@ -124,10 +130,9 @@ def test_depth_on_real_photos_beats_a_constant(recorded: dict[str, Any]) -> None
 
 
 def test_the_card_and_readme_pass_on_camvid_terms(session: ort.InferenceSession) -> None:
-    card = parse_model_card(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
-    training = card.raw["training"]
-    assert training["data_mix"] == {"camvid": 0.625, "procedural": 0.375}
-    assert any("non-commercial" in line for line in training["data_terms"])
+    card = ModelCard.from_json(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
+    assert card.training.data_mix == {"camvid": 0.625, "procedural": 0.375}
+    assert any("non-commercial" in line for line in card.training.data_terms or ())
     assert "non-commercial" in (BUNDLED / "README.md").read_text()
 
 

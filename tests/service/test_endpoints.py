@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
 
 import httpx
 import pytest
 
+from scene_contract.card import ModelCard
 from service.main import create_app
 from service.settings import Settings
 
@@ -26,17 +26,17 @@ async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
     assert (await client.get("/v2/models/tiny-test/ready")).json() == {"name": "tiny-test", "ready": True}
 
 
-async def test_metadata_is_the_model_card(client: httpx.AsyncClient, card: dict[str, Any]) -> None:
+async def test_metadata_is_the_model_card(client: httpx.AsyncClient, card: ModelCard) -> None:
     response = await client.get("/metadata")
     assert response.status_code == 200
-    assert response.json() == card
+    assert response.json() == card.to_dict()
 
 
-async def test_v2_model_metadata(client: httpx.AsyncClient, card: dict[str, Any]) -> None:
-    body = (await client.get(f"/v2/models/{card['name']}")).json()
-    assert body["name"] == card["name"] and body["versions"] == [card["version"]]
+async def test_v2_model_metadata(client: httpx.AsyncClient, card: ModelCard) -> None:
+    body = (await client.get(f"/v2/models/{card.name}")).json()
+    assert body["name"] == card.name and body["versions"] == [card.version]
     assert body["platform"] == "onnxruntime"
-    size = [card["input"]["height"], card["input"]["width"]]
+    size = [card.input.height, card.input.width]
     assert body["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, *size, 3]}]
     assert [o["name"] for o in body["outputs"]] == [
         "semantic",

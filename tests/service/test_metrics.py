@@ -39,8 +39,12 @@ def value(samples: Samples, name: str, /, **labels: str) -> float:
 
 async def test_a_prediction_is_counted_in_every_stage(client: httpx.AsyncClient, scene_png: bytes) -> None:
     before = await scrape(client)
-    assert (await client.post("/predict", content=scene_png, headers=PNG)).status_code == 200
+    response = await client.post("/predict", content=scene_png, headers=PNG)
+    assert response.status_code == 200
     after = await scrape(client)
+    # Server-Timing names the stages as the metrics label them, in the order they ran.
+    timed = [entry.split(";")[0] for entry in response.headers["server-timing"].split(", ")]
+    assert timed == [*STAGES, "total"]
 
     def grew(name: str, /, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)

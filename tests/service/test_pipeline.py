@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import warnings
 from typing import Any
 
@@ -12,7 +11,7 @@ import numpy.typing as npt
 import pytest
 from PIL import Image
 
-from scene_contract.model import parse_model_card
+from scene_contract.card import ModelCard
 from service.errors import CorruptImageError, TooManyPixelsError, UnsupportedMediaTypeError
 from service.imaging import decode_image, decode_upload, preprocess, resize_bilinear, resize_nearest
 from service.postprocess import group_instances, measure_instances, measure_resized
@@ -137,12 +136,12 @@ def test_instances_are_measured_on_the_map() -> None:
     assert measure_instances(np.zeros((3, 3), np.uint16), {}) == ()
 
 
-def test_classes_present_are_largest_first_with_names(card: dict[str, Any]) -> None:
+def test_classes_present_are_largest_first_with_names(card: ModelCard) -> None:
     semantic = np.zeros((4, 5), dtype=np.uint8)
     semantic[0] = 10
     semantic[1, :2] = 13
     confidence = np.full((4, 5), 0.5, dtype=np.float32)
-    present = classes_present(semantic, confidence, parse_model_card(json.dumps(card)))
+    present = classes_present(semantic, confidence, card)
     assert [(c.name, c.pixel_fraction) for c in present] == [("road", 0.65), ("sky", 0.25), ("car", 0.1)]
     assert all(c.mean_confidence == pytest.approx(0.5) for c in present)
 

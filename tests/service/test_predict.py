@@ -13,6 +13,7 @@ import numpy.typing as npt
 import pytest
 from PIL import Image
 
+from scene_contract.card import ModelCard
 from service.api.routes.predict import wants_npz
 from service.encoding import DepthEncoding, decode_depth_png, decode_png, from_base64
 from service.main import create_app
@@ -37,18 +38,20 @@ def encode(rgb: npt.NDArray[np.uint8], image_format: str, **params: Any) -> byte
 
 
 async def test_raw_png_gives_classes_instances_and_depth_at_original_size(
-    client: httpx.AsyncClient, scene_png: bytes, card: dict[str, Any]
+    client: httpx.AsyncClient, scene_png: bytes, card: ModelCard
 ) -> None:
     response = await client.post("/predict", content=scene_png, headers={"Content-Type": "image/png"})
     assert response.status_code == 200, response.text
     body = response.json()
     assert (body["width"], body["height"]) == (100, 60)
     assert body["model"] == {
-        "name": card["name"],
-        "version": card["version"],
+        "name": card.name,
+        "version": card.version,
         "execution_provider": "CPUExecutionProvider",
     }
-    assert body["task_uncertainty"] == card["task_uncertainty"]
+    assert body["task_uncertainty"] == card.to_dict()["task_uncertainty"]
+    sigma = {task: uncertainty["sigma"] for task, uncertainty in body["task_uncertainty"].items()}
+    assert sigma == pytest.approx({"semantic": 0.5, "instance": 2.0, "depth": 1.0})
 
     semantic = png_array(body["semantic"]["png"])
     assert semantic.shape == (60, 100) and semantic.dtype == np.uint8
@@ -118,13 +121,13 @@ async def test_exif_rotation_swaps_width_and_height(
 
 
 async def test_resolution_model_returns_maps_at_the_model_size(
-    client: httpx.AsyncClient, scene_png: bytes, card: dict[str, Any]
+    client: httpx.AsyncClient, scene_png: bytes, card: ModelCard
 ) -> None:
     response = await client.post(
         "/predict", params={"resolution": "model"}, content=scene_png, headers={"Content-Type": "image/png"}
     )
     body = response.json()
-    size = (card["input"]["width"], card["input"]["height"])
+    size = (card.input.width, card.input.height)
     assert (body["width"], body["height"]) == size
     assert png_array(body["semantic"]["png"]).shape == size[::-1]
     assert png_array(body["instances"]["png"]).shape == size[::-1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -16,6 +17,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from scene_contract.card import ModelCard
 from scene_contract.model import METADATA_KEY
 from service import runtime as runtime_module
 from service.gpu import WORKER_SLOTS_ENV, device_for_worker
@@ -62,12 +64,12 @@ def test_a_cpu_only_host_says_once_and_plainly_which_provider_runs(
 
 
 def test_load_reads_the_card_and_is_ready_only_after_warm_up(
-    make_settings: Callable[..., Settings], card: dict[str, Any]
+    make_settings: Callable[..., Settings], card: ModelCard
 ) -> None:
     runtime = ModelRuntime.load(make_settings())
     assert runtime.provider == "CPUExecutionProvider"
-    assert runtime.card.name == card["name"]
-    assert runtime.input_size == (card["input"]["height"], card["input"]["width"])
+    assert runtime.card.name == card.name
+    assert runtime.input_size == (card.input.height, card.input.width)
     assert not runtime.ready
     runtime.warm_up((1, 4))
     assert runtime.ready
@@ -97,14 +99,14 @@ def test_io_binding_path_matches_plain_run(make_settings: Callable[..., Settings
 
 
 def test_v2_metadata_gives_the_tensors_at_the_cards_input_size(
-    make_settings: Callable[..., Settings], card: dict[str, Any]
+    make_settings: Callable[..., Settings], card: ModelCard
 ) -> None:
     # The graph leaves batch, height and width open; the service runs every image at the
     # card's size, so that is the shape /v2/models/{name}/infer takes. The batch stays open.
     metadata = ModelRuntime.load(make_settings()).v2_metadata()
-    assert metadata["name"] == card["name"] and metadata["versions"] == [card["version"]]
+    assert metadata["name"] == card.name and metadata["versions"] == [card.version]
     assert metadata["platform"] == "onnxruntime"
-    height, width = card["input"]["height"], card["input"]["width"]
+    height, width = card.input.height, card.input.width
     assert metadata["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, height, width, 3]}]
     outputs = {o["name"]: (o["datatype"], o["shape"]) for o in metadata["outputs"]}
     assert outputs == {
@@ -115,10 +117,10 @@ def test_v2_metadata_gives_the_tensors_at_the_cards_input_size(
     }
 
 
-def test_the_served_name_is_a_setting(make_settings: Callable[..., Settings], card: dict[str, Any]) -> None:
+def test_the_served_name_is_a_setting(make_settings: Callable[..., Settings], card: ModelCard) -> None:
     runtime = ModelRuntime.load(make_settings(model_name="scene-mtl"))
     assert runtime.name == runtime.v2_metadata()["name"] == "scene-mtl"
-    assert runtime.card.name == card["name"]
+    assert runtime.card.name == card.name
 
 
 def test_provider_options_carry_the_gpu_settings(
@@ -241,11 +243,12 @@ def test_model_without_card_is_refused(
 
 
 def test_card_with_a_missing_field_is_refused(
-    make_settings: Callable[..., Settings], build_model: Callable[..., Path], card: dict[str, Any]
+    make_settings: Callable[..., Settings], build_model: Callable[..., Path], card: ModelCard
 ) -> None:
-    del card["task_uncertainty"]
-    with pytest.raises(ModelLoadError, match="task_uncertainty"):
-        ModelRuntime.load(make_settings(model_path=build_model(card)))
+    broken = card.to_dict()
+    del broken["task_uncertainty"]
+    with pytest.raises(ModelLoadError, match="lacks task_uncertainty"):
+        ModelRuntime.load(make_settings(model_path=build_model(json.dumps(broken))))
 
 
 def test_model_missing_an_output_is_refused(

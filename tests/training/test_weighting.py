@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from training.config import ConfigError, LossConfig
 from training.weighting import (
     TASKS,
     WEIGHTINGS,
@@ -13,6 +14,7 @@ from training.weighting import (
     NonFiniteLossError,
     UncertaintyWeighting,
     build_weighting,
+    build_weighting_from_config,
     check_finite,
 )
 
@@ -50,6 +52,7 @@ def test_uncertainty_total_matches_eq_10_by_hand() -> None:
     assert weighting.sigma() == pytest.approx(
         {"semantic": math.exp(0.25), "instance": math.exp(-0.5), "depth": math.exp(1.0)}
     )
+    assert weighting.log_variance() == LOG_VARIANCE  # the learned s_i themselves
 
 
 def test_uncertainty_gradient_on_log_variance_matches_hand_derivative() -> None:
@@ -136,8 +139,9 @@ def test_fixed_weights_total_by_hand() -> None:
     total, weights = weighting(_tensors(LOSSES))
     assert total.item() == pytest.approx(0.89 * 2.0 + 0.01 * 3.0 + 0.1 * 0.25)
     assert weights == pytest.approx({"semantic": 0.89, "instance": 0.01, "depth": 0.1})
-    # Equivalent σ of Eq. 10: w = c / σ².
+    # Equivalent σ of Eq. 10: w = c / σ², so s = log σ² = log(c / w).
     assert weighting.sigma()["depth"] == pytest.approx(math.sqrt(0.5 / 0.1))
+    assert weighting.log_variance()["semantic"] == pytest.approx(math.log(1.0 / 0.89))
     assert list(weighting.parameters()) == []
     assert weighting.parameter_groups(lr=0.1) == []
 
@@ -240,6 +244,20 @@ def test_every_strategy_gives_a_finite_total_and_sigma_per_task(name: str) -> No
     assert set(weights) == set(weighting.sigma()) == set(TASKS)
     learns = isinstance(weighting, UncertaintyWeighting)
     assert bool(list(weighting.parameters())) == learns
+    # What the model card's `learned` is taken from.
+    assert WEIGHTINGS[name].learned is learns
+
+
+@pytest.mark.parametrize("name", sorted(WEIGHTINGS))
+def test_every_strategy_is_built_from_its_loss_config(name: str) -> None:
+    config = LossConfig(strategy=name, tasks=["semantic", "depth"], weights={"semantic": 0.5, "depth": 0.5})
+    weighting = build_weighting_from_config(config)
+    assert type(weighting) is WEIGHTINGS[name] and weighting.tasks == ("semantic", "depth")
+
+
+def test_an_unknown_configured_strategy_names_the_setting() -> None:
+    with pytest.raises(ConfigError, match=r"loss\.strategy: unknown loss weighting 'kendall'"):
+        build_weighting_from_config(LossConfig(strategy="kendall"))
 
 
 def test_check_finite_names_the_task_and_step() -> None:

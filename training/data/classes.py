@@ -5,8 +5,9 @@ procedural scenes and one trained on Cityscapes share one output layout. The
 procedural generator draws a subset of them (`PROCEDURAL_CLASSES`); classes that
 never occur in a dataset are simply never the target of any pixel.
 
-This module imports nothing beyond numpy. The exporter writes the table into the
-model card, which is where the service reads it from.
+This module imports nothing beyond numpy and `scene_contract`, whose `ClassInfo` each
+class is. The exporter writes the table into the model card, which is where the
+service reads it from.
 
 Label conventions shared by every dataset in the project:
 
@@ -20,13 +21,13 @@ Label conventions shared by every dataset in the project:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from scene_contract import drawing
+from scene_contract.card import ClassInfo
 
 IGNORE_INDEX = 255
 INSTANCE_DIVISOR = 1000
@@ -35,45 +36,28 @@ INSTANCE_DIVISOR = 1000
 INSTANCE_UNKNOWN = -1
 
 
-@dataclass(frozen=True)
-class SceneClass:
-    """One semantic class.
-
-    Attributes:
-        name: lower-case class name, e.g. ``"car"``.
-        train_id: index of the class in the model's output channels.
-        cityscapes_id: the class's ``labelIds`` value in Cityscapes ground truth.
-        color: RGB colour used for visualisations (the Cityscapes palette).
-        is_thing: countable objects that get instance ids (person, car, ...).
-    """
-
-    name: str
-    train_id: int
-    cityscapes_id: int
-    color: tuple[int, int, int]
-    is_thing: bool
-
-
-CLASSES: tuple[SceneClass, ...] = (
-    SceneClass("road", 0, 7, (128, 64, 128), False),
-    SceneClass("sidewalk", 1, 8, (244, 35, 232), False),
-    SceneClass("building", 2, 11, (70, 70, 70), False),
-    SceneClass("wall", 3, 12, (102, 102, 156), False),
-    SceneClass("fence", 4, 13, (190, 153, 153), False),
-    SceneClass("pole", 5, 17, (153, 153, 153), False),
-    SceneClass("traffic light", 6, 19, (250, 170, 30), False),
-    SceneClass("traffic sign", 7, 20, (220, 220, 0), False),
-    SceneClass("vegetation", 8, 21, (107, 142, 35), False),
-    SceneClass("terrain", 9, 22, (152, 251, 152), False),
-    SceneClass("sky", 10, 23, (70, 130, 180), False),
-    SceneClass("person", 11, 24, (220, 20, 60), True),
-    SceneClass("rider", 12, 25, (255, 0, 0), True),
-    SceneClass("car", 13, 26, (0, 0, 142), True),
-    SceneClass("truck", 14, 27, (0, 0, 70), True),
-    SceneClass("bus", 15, 28, (0, 60, 100), True),
-    SceneClass("train", 16, 31, (0, 80, 100), True),
-    SceneClass("motorcycle", 17, 32, (0, 0, 230), True),
-    SceneClass("bicycle", 18, 33, (119, 11, 32), True),
+# One `ClassInfo` per class, the type the model card carries: name, train id (the output
+# channel), Cityscapes labelIds value, RGB colour (the Cityscapes palette), thing flag.
+CLASSES: tuple[ClassInfo, ...] = (
+    ClassInfo("road", 0, 7, (128, 64, 128), False),
+    ClassInfo("sidewalk", 1, 8, (244, 35, 232), False),
+    ClassInfo("building", 2, 11, (70, 70, 70), False),
+    ClassInfo("wall", 3, 12, (102, 102, 156), False),
+    ClassInfo("fence", 4, 13, (190, 153, 153), False),
+    ClassInfo("pole", 5, 17, (153, 153, 153), False),
+    ClassInfo("traffic light", 6, 19, (250, 170, 30), False),
+    ClassInfo("traffic sign", 7, 20, (220, 220, 0), False),
+    ClassInfo("vegetation", 8, 21, (107, 142, 35), False),
+    ClassInfo("terrain", 9, 22, (152, 251, 152), False),
+    ClassInfo("sky", 10, 23, (70, 130, 180), False),
+    ClassInfo("person", 11, 24, (220, 20, 60), True),
+    ClassInfo("rider", 12, 25, (255, 0, 0), True),
+    ClassInfo("car", 13, 26, (0, 0, 142), True),
+    ClassInfo("truck", 14, 27, (0, 0, 70), True),
+    ClassInfo("bus", 15, 28, (0, 60, 100), True),
+    ClassInfo("train", 16, 31, (0, 80, 100), True),
+    ClassInfo("motorcycle", 17, 32, (0, 0, 230), True),
+    ClassInfo("bicycle", 18, 33, (119, 11, 32), True),
 )
 
 NUM_CLASSES = len(CLASSES)
@@ -113,6 +97,8 @@ def cityscapes_to_train_id() -> npt.NDArray[np.uint8]:
     """Lookup table ``uint8 [256]`` from Cityscapes ``labelIds`` to train ids (255 if unused)."""
     table = np.full(256, IGNORE_INDEX, dtype=np.uint8)
     for c in CLASSES:
+        # Every class here has a Cityscapes id; only a card's ClassInfo may lack one.
+        assert c.cityscapes_id is not None, c.name
         table[c.cityscapes_id] = c.train_id
     return table
 
@@ -125,5 +111,5 @@ def is_thing_table() -> npt.NDArray[np.bool_]:
 
 
 def class_table_json() -> list[dict[str, Any]]:
-    """The class table as JSON-ready dicts (for manifests and model cards)."""
-    return [asdict(c) | {"color": list(c.color)} for c in CLASSES]
+    """The class table as JSON-ready dicts, as the model card spells it (for manifests)."""
+    return [c.to_dict() for c in CLASSES]

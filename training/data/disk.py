@@ -22,17 +22,19 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from scene_contract.model import DEPTH_TASK, INSTANCE_TASK, SEMANTIC_TASK, TASKS
 from training.data.classes import IGNORE_INDEX, INSTANCE_DIVISOR, class_table_json
 from training.data.sample import DataConfigError, SceneSample
 
 FORMAT = "scene-mtl/scenes-v1"
+# Each scene is its image and one label file per task, in a folder named for the task.
 ENCODINGS = {
     "image": "RGB PNG, 8 bits per channel",
-    "semantic": f"8-bit PNG of train ids; {IGNORE_INDEX} = ignore",
-    "instance": f"16-bit PNG; 0 = no instance, else train_id * {INSTANCE_DIVISOR} + k",
-    "depth": "numpy .npy float32 [H, W], metres along the optical axis; inf = sky, nan = no measurement",
+    SEMANTIC_TASK: f"8-bit PNG of train ids; {IGNORE_INDEX} = ignore",
+    INSTANCE_TASK: f"16-bit PNG; 0 = no instance, else train_id * {INSTANCE_DIVISOR} + k",
+    DEPTH_TASK: "numpy .npy float32 [H, W], metres along the optical axis; inf = sky, nan = no measurement",
 }
-_FOLDERS = ("images", "semantic", "instance", "depth")
+_FOLDERS = ("images", *TASKS)
 
 
 def write_scene(root: Path, index: int, sample: SceneSample) -> dict[str, str]:
@@ -40,14 +42,14 @@ def write_scene(root: Path, index: int, sample: SceneSample) -> dict[str, str]:
     stem = f"{index:06d}"
     files = {
         "image": f"images/{stem}.png",
-        "semantic": f"semantic/{stem}.png",
-        "instance": f"instance/{stem}.png",
-        "depth": f"depth/{stem}.npy",
+        SEMANTIC_TASK: f"{SEMANTIC_TASK}/{stem}.png",
+        INSTANCE_TASK: f"{INSTANCE_TASK}/{stem}.png",
+        DEPTH_TASK: f"{DEPTH_TASK}/{stem}.npy",
     }
     Image.fromarray(sample.image, mode="RGB").save(root / files["image"])
-    Image.fromarray(sample.semantic, mode="L").save(root / files["semantic"])
-    Image.fromarray(sample.instance.astype(np.uint16)).save(root / files["instance"])
-    np.save(root / files["depth"], sample.depth)
+    Image.fromarray(sample.semantic, mode="L").save(root / files[SEMANTIC_TASK])
+    Image.fromarray(sample.instance.astype(np.uint16)).save(root / files[INSTANCE_TASK])
+    np.save(root / files[DEPTH_TASK], sample.depth)
     return files
 
 
@@ -105,9 +107,9 @@ class DiskScenes:
         # Writable copies: torch warns on (and must not write through) read-only arrays.
         with Image.open(path["image"]) as im:
             image = np.array(im.convert("RGB"), dtype=np.uint8)
-        with Image.open(path["semantic"]) as im:
+        with Image.open(path[SEMANTIC_TASK]) as im:
             semantic = np.array(im, dtype=np.uint8)
-        with Image.open(path["instance"]) as im:
+        with Image.open(path[INSTANCE_TASK]) as im:
             instance = np.asarray(im).astype(np.int32)
-        depth = np.load(path["depth"], allow_pickle=False).astype(np.float32)
+        depth = np.load(path[DEPTH_TASK], allow_pickle=False).astype(np.float32)
         return SceneSample(image, semantic, instance, depth, files.get("name", f"{index:06d}"))

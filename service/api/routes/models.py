@@ -23,8 +23,12 @@ _V2_ERRORS: dict[int | str, dict[str, Any]] = {
 
 @router.get("/metadata", responses=_ERRORS, summary="Model card")
 def metadata(runtime: RuntimeDep) -> dict[str, Any]:
-    """The model card exactly as the exporter wrote it into the ONNX metadata."""
-    return runtime.card.raw
+    """The model card in the ONNX metadata, as the exporter writes it.
+
+    Fields a card from an older exporter lacks come back with the values they stood
+    for (`scene_contract.card`).
+    """
+    return runtime.card.to_dict()
 
 
 @router.get(
