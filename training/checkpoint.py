@@ -118,3 +118,48 @@ def weighting_from_checkpoint(state: dict[str, Any]) -> LossWeighting:
             f"the checkpoint's loss weighting does not fit its config ({first_line})"
         ) from None
     return weighting
+
+
+def start_from(path: str | Path, model: nn.Module, weighting: nn.Module, config: TrainConfig) -> list[str]:
+    """Begin a run at the weights of the checkpoint at ``path`` (``init_from``).
+
+    Every model tensor whose name and shape the checkpoint shares is taken from it;
+    the others (a decoder built to another stride, a new output layer) stay as ``model``
+    was built, and their names are returned. The loss weighting's state (each task's
+    s) is taken whole, so the tasks start at the balance the earlier run reached. When
+    the checkpoint's ``model.offset_scale`` differs from ``config``'s, the instance
+    output layer it contributes is rescaled so the offsets in pixels are unchanged.
+    The optimiser and the step are not taken: the run has its own schedule.
+    """
+    saved = load_checkpoint(path)
+    other: TrainConfig = saved["config"]
+    if other.model.backbone != config.model.backbone:
+        raise CheckpointError(
+            f"init_from: {path} holds a {other.model.backbone} model, this config builds "
+            f"{config.model.backbone}"
+        )
+    own = model.state_dict()
+    taken = {k: v for k, v in saved["model"].items() if k in own and own[k].shape == v.shape}
+    ratio = other.model.offset_scale / config.model.offset_scale
+    if ratio != 1.0:
+        for key in _instance_output_keys(model):
+            if key in taken:
+                taken[key] = taken[key] * ratio
+    model.load_state_dict(taken, strict=False)
+    try:
+        weighting.load_state_dict(saved["weighting"])
+    except (RuntimeError, KeyError) as error:
+        raise CheckpointError(
+            f"init_from: {path} was trained with strategy {other.loss.strategy} and tasks "
+            f"{other.loss.tasks}, this config has {config.loss.strategy} and {config.loss.tasks} "
+            f"({str(error).strip().splitlines()[0]})"
+        ) from None
+    return sorted(set(own) - set(taken))
+
+
+def _instance_output_keys(model: nn.Module) -> list[str]:
+    """State-dict names of the layer whose outputs are the instance offsets."""
+    decoder = getattr(model, "instance_decoder", None)
+    layer = decoder.classifier if decoder is not None else model.instance_head[-1]  # type: ignore[index]
+    return [name for name, tensor in model.state_dict(keep_vars=True).items()
+            if any(tensor is p for p in layer.parameters())]

@@ -192,6 +192,9 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     resume: str | None = None
+    # Start from this checkpoint's model and loss-weighting state, with a fresh
+    # optimiser and schedule (`training.checkpoint.start_from`); ``resume`` wins.
+    init_from: str | None = None
     # End this invocation after this step (checkpoint saved, no final evaluation) while
     # keeping the learning-rate schedule of `steps`; `resume` later goes on from there.
     stop_at: int | None = None
@@ -231,6 +234,10 @@ class TrainConfig:
             raise ConfigError(
                 f"model.width: ESPNetv2 comes in widths {sorted(WIDTHS)}, got {self.model.width}"
             )
+        if self.model.geometry_stride not in (4, 8):
+            raise ConfigError(f"model.geometry_stride: must be 4 or 8, got {self.model.geometry_stride}")
+        if not (math.isfinite(self.model.offset_scale) and self.model.offset_scale > 0):
+            raise ConfigError(f"model.offset_scale: must be positive, got {self.model.offset_scale}")
         if self.data.source not in DATA_SOURCES:
             raise ConfigError(
                 f"data.source: unknown source {self.data.source!r}; valid: {', '.join(DATA_SOURCES)}"

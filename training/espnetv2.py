@@ -297,8 +297,8 @@ class SegmentationDecoder(nn.Module):
     Bottom-up from stride 16: pyramid pooling, then at each finer stride down to
     ``finest_stride``: upsample 2x, add the gated skip from the encoder level at that
     stride, normalise, pyramid pooling. The published decoder goes down to stride 2;
-    stopping at stride 4 skips its most expensive block (a pyramid at stride 2 samples
-    up to the full input size), for outputs smooth enough to upsample.
+    stopping at stride 4 or 8 skips its most expensive blocks (a pyramid at stride s
+    samples up to stride s/2), for outputs smooth enough to upsample.
     """
 
     def __init__(
@@ -309,13 +309,17 @@ class SegmentationDecoder(nn.Module):
         finest_stride: int = 2,
     ) -> None:
         super().__init__()
-        if finest_stride not in (2, 4):
-            raise ValueError(f"finest_stride must be 2 or 4, got {finest_stride}")
+        if finest_stride not in (2, 4, 8):
+            raise ValueError(f"finest_stride must be 2, 4 or 8, got {finest_stride}")
         self.finest_stride = finest_stride
         c1, c2, c3, c4 = encoder_channels
         d1, d2, d3 = 4 * DECODER_BASE, 3 * DECODER_BASE, 2 * DECODER_BASE
         self.pyramid16 = PyramidPooling(c4, proj, d1)
-        self.skip8, self.norm8, self.pyramid8 = GatedSkip(c3, d1), BNPReLU(d1), PyramidPooling(d1, proj, d2)
+        self.skip8, self.norm8 = GatedSkip(c3, d1), BNPReLU(d1)
+        if finest_stride == 8:
+            self.pyramid8 = PyramidPooling(d1, proj, out_channels, normalize_output=False)
+            return
+        self.pyramid8 = PyramidPooling(d1, proj, d2)
         self.skip4, self.norm4 = GatedSkip(c2, d2), BNPReLU(d2)
         if finest_stride == 4:
             self.pyramid4 = PyramidPooling(d2, proj, out_channels, normalize_output=False)
@@ -327,11 +331,15 @@ class SegmentationDecoder(nn.Module):
     @property
     def classifier(self) -> nn.Conv2d:
         """The last layer, whose output channels are the decoder's outputs."""
-        return self.pyramid2.out if self.finest_stride == 2 else self.pyramid4.out
+        last = {2: "pyramid2", 4: "pyramid4", 8: "pyramid8"}[self.finest_stride]
+        out: nn.Conv2d = getattr(self, last).out
+        return out
 
     def forward(self, features: EncoderFeatures) -> Tensor:
         x: Tensor = self.pyramid16(features.stride16)
         x = self.pyramid8(self._merge(x, features.stride8, self.skip8, self.norm8))
+        if self.finest_stride == 8:
+            return x
         x = self.pyramid4(self._merge(x, features.stride4, self.skip4, self.norm4))
         if self.finest_stride == 4:
             return x

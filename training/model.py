@@ -50,6 +50,12 @@ class ModelConfig:
         backbone_sha256: the sha256 the ``backbone_weights`` file must have (``null``:
             not checked).
         width: ESPNetv2's width multiplier s (1.0 or 2.0; ``espnetv2`` only).
+        geometry_stride: the stride at which ESPNetv2's instance and depth decoders
+            stop (4 or 8; ``espnetv2`` only), upsampled from there to the input size.
+        offset_scale: pixels per unit of the instance decoder's raw output (the model
+            multiplies by it). With zero-initialised output layers and L1 losses, a
+            network needs about ``offset_scale``² fewer steps to reach offsets of tens
+            of pixels; 1.0 is the raw-pixel output of the earlier models.
         aspp_rates, aspp_channels, decoder_channels: `SceneModel` only.
     """
 
@@ -61,6 +67,8 @@ class ModelConfig:
     backbone_weights: str | None = None
     backbone_sha256: str | None = None
     width: float = 2.0
+    geometry_stride: int = 4
+    offset_scale: float = 1.0
 
 
 def _resnet(builder: Callable[..., nn.Module]) -> Callable[[], tuple[nn.Module, int, int]]:
@@ -158,7 +166,7 @@ class SceneModel(nn.Module):
 
         return {
             "semantic_logits": decode(self.semantic_head),
-            "instance_offsets": decode(self.instance_head),
+            "instance_offsets": decode(self.instance_head) * self.config.offset_scale,
             "inverse_depth": decode(self.depth_head),
         }
 
@@ -171,11 +179,12 @@ class ESPNetv2SceneModel(nn.Module):
     (dy, dx) to the instance's centroid) and ``inverse_depth`` ``[N, 1, H, W]`` (1/m) out.
 
     The semantic decoder predicts at stride 2, the instance and depth decoders at
-    stride 4 (the published decoder's stride-2 block costs as much as the encoder; offsets
-    and depth are smooth enough to upsample), each upsampled to the input size. With
+    ``geometry_stride`` (4 or 8: the published decoder's stride-2 block costs as much as
+    the encoder; offsets and depth are smooth enough to upsample), each upsampled to the
+    input size; the instance decoder's output is in units of ``offset_scale`` pixels. With
     ``backbone_weights`` the encoder and the semantic decoder start as the published
     Cityscapes network (its first 19 output channels are this project's class table);
-    the instance and depth decoders start as copies of its blocks down to stride 4, with
+    the instance and depth decoders start as copies of its blocks down to their stride, with
     a new output layer, zero at first, so the shared features meet no random gradients
     early on.
 
@@ -194,8 +203,9 @@ class ESPNetv2SceneModel(nn.Module):
         self.encoder = ESPNetv2Encoder(config.width)
         channels = self.encoder.channels
         self.semantic_decoder = SegmentationDecoder(channels, config.num_classes)
-        self.instance_decoder = SegmentationDecoder(channels, 2, finest_stride=4)
-        self.depth_decoder = SegmentationDecoder(channels, 1, finest_stride=4)
+        stride = config.geometry_stride
+        self.instance_decoder = SegmentationDecoder(channels, 2, finest_stride=stride)
+        self.depth_decoder = SegmentationDecoder(channels, 1, finest_stride=stride)
         if config.backbone_weights:
             self._start_from_published(Path(config.backbone_weights), config.backbone_sha256)
         for decoder in (self.instance_decoder, self.depth_decoder):
@@ -214,11 +224,13 @@ class ESPNetv2SceneModel(nn.Module):
         self.semantic_decoder.load_state_dict(published.decoder.state_dict())
         for decoder in (self.instance_decoder, self.depth_decoder):
             own = decoder.state_dict()
-            # Every block down to stride 4 but the new output layer.
+            # Every block down to the decoder's stride but the new output layer.
+            last = decoder.classifier
+            skip = {name for name, module in decoder.named_modules() if module is last}
             shared = {
                 k: v
                 for k, v in published.decoder.state_dict().items()
-                if k in own and not k.startswith("pyramid4.out")
+                if k in own and k.rsplit(".", 1)[0] not in skip and own[k].shape == v.shape
             }
             decoder.load_state_dict(shared, strict=False)
 
@@ -227,7 +239,8 @@ class ESPNetv2SceneModel(nn.Module):
         features = self.encoder((images - self.mean) / self.std)
         return {
             "semantic_logits": resize_bilinear(self.semantic_decoder(features), size),
-            "instance_offsets": resize_bilinear(self.instance_decoder(features), size),
+            "instance_offsets": resize_bilinear(self.instance_decoder(features), size)
+            * self.config.offset_scale,
             "inverse_depth": resize_bilinear(self.depth_decoder(features), size),
         }
 

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from scene_contract.model import TASKS
-from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, start_from
 from training.class_weights import class_weights, pixel_counts
 from training.config import ConfigError, OptimConfig, TrainConfig, load_config
 from training.data.camvid import CamVidScenes
@@ -204,6 +204,12 @@ def train(config: TrainConfig, placement: Placement) -> dict[str, Any]:
     state = build_training_state(config, placement)
     end_step = config.stop_at or config.steps
     start_step = resume(config, placement, state, end_step) if config.resume else 0
+    if config.init_from and not config.resume:
+        fresh = start_from(config.init_from, state.model, state.weighting, config)
+        print(
+            f"init_from: {config.init_from}; built anew: {', '.join(fresh) if fresh else 'nothing'}",
+            file=sys.stderr,
+        )
     objective = build_objective(state, placement, semantic_class_weights(config))
     loader = build_loader(config, placement, start_step)
     reached = train_steps(config, placement, state, objective, loader, start_step, end_step)
