@@ -135,8 +135,8 @@ def start_from(path: str | Path, model: nn.Module, weighting: nn.Module, config:
     other: TrainConfig = saved["config"]
     if other.model.backbone != config.model.backbone:
         raise CheckpointError(
-            f"init_from: {path} holds a {other.model.backbone} model, this config builds "
-            f"{config.model.backbone}"
+            f"init_from: {path} holds a model with backbone {other.model.backbone}, this config "
+            f"builds {config.model.backbone}"
         )
     own = model.state_dict()
     taken = {k: v for k, v in saved["model"].items() if k in own and own[k].shape == v.shape}
@@ -160,6 +160,6 @@ def start_from(path: str | Path, model: nn.Module, weighting: nn.Module, config:
 def _instance_output_keys(model: nn.Module) -> list[str]:
     """State-dict names of the layer whose outputs are the instance offsets."""
     decoder = getattr(model, "instance_decoder", None)
-    layer = decoder.classifier if decoder is not None else model.instance_head[-1]  # type: ignore[index]
-    return [name for name, tensor in model.state_dict(keep_vars=True).items()
-            if any(tensor is p for p in layer.parameters())]
+    layer: nn.Module = decoder.classifier if decoder is not None else model.instance_head[-1]  # type: ignore[index,assignment]
+    prefix = next(name for name, module in model.named_modules() if module is layer)
+    return [f"{prefix}.{name}" for name, _ in layer.named_parameters()]
