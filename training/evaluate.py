@@ -427,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     grid_path = args.grid or args.out.with_suffix(".png")
     prediction_grid(model, scenes).save(grid_path)
     print(
-        f"mIoU {metrics['semantic_miou']:.1f}%  instance error {metrics['instance_mean_error_px']:.2f} px  "
+        f"mIoU {metrics['semantic_miou']:.1f}% ({metrics['semantic_miou_labelled']:.1f}% over the labelled "
+        f"classes)  instance error {metrics['instance_mean_error_px']:.2f} px  "
         f"inverse-depth error {metrics['inverse_depth_mean_error']:.4f} 1/m  -> {args.out}, {grid_path}"
     )
     if "camvid" in report:

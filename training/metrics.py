@@ -24,6 +24,7 @@ class SceneMetricValues(TypedDict):
     """
 
     semantic_miou: float
+    semantic_miou_labelled: float
     pixel_accuracy: float
     semantic_iou_per_class: dict[str, float | None]
     instance_mean_error_px: float
@@ -41,6 +42,11 @@ class SceneMetrics:
       the classes with a non-zero union (present in the ground truth or predicted);
       pixels labelled ``IGNORE_INDEX`` are excluded. ``semantic_iou_per_class`` maps each
       class name to its IoU in percent, ``None`` for classes with an empty union.
+    - ``semantic_miou_labelled``: the same mean over the classes the ground truth holds
+      only, the usual reading for a dataset that labels a subset of the class table
+      (as CamVid is scored over its 11 classes). A pixel predicted as a class the data
+      never labels still counts, as a miss of its true class; that class's own IoU,
+      always 0, is left out.
     - ``pixel_accuracy``: percent of labelled pixels whose predicted class is right.
     - ``instance_mean_error_px``: mean Euclidean distance, in pixels, between predicted
       and true ``(dy, dx)`` offset vectors over ground-truth instance pixels.
@@ -146,10 +152,12 @@ class SceneMetrics:
         true_positive = confusion.diagonal()
         union = confusion.sum(dim=0) + confusion.sum(dim=1) - true_positive
         present = union > 0
+        in_truth = confusion.sum(dim=1) > 0  # rows: ground truth
         iou = torch.where(present, true_positive / union.clamp(min=1), 0.0) * 100
         labelled = confusion.sum().item()
         return {
             "semantic_miou": iou[present].mean().item() if present.any() else float("nan"),
+            "semantic_miou_labelled": iou[in_truth].mean().item() if in_truth.any() else float("nan"),
             "pixel_accuracy": _percent(true_positive.sum().item(), labelled),
             "semantic_iou_per_class": {
                 name: iou[c].item() if present[c] else None for c, name in enumerate(self.class_names)
