@@ -15,8 +15,9 @@ the checkpoint alone, where and how far they miss:
 - the test scores (`training.evaluate.evaluate`) with the running statistics (eval
   mode, dropout off: what a user gets), with BatchNorm's eps raised (a floor under the
   small variances), with each batch's own statistics, and with dropout on (the running
-  statistics were gathered under dropout, whose Dropout(0.5) before the heads'
-  BatchNorm changes the activations' variance between training and test).
+  statistics were gathered with dropout on, and in `SceneModel` ASPP's Dropout(0.5)
+  feeds each head's convolution and BatchNorm: their input's variance differs between
+  training and test).
 
     scene-batchnorm --checkpoint runs/study/uncertainty/seed5/last.pt --out bn.json
 """
