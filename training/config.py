@@ -124,9 +124,20 @@ class DataConfig:
         return root
 
 
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
+
+
 @dataclass
 class OptimConfig:
-    """SGD with Nesterov momentum and poly learning-rate decay (paper defaults).
+    """SGD with Nesterov momentum and poly learning-rate decay (paper defaults), or Adam.
+
+    ``name``: ``sgd`` (the paper's) or ``adam``. Under SGD a constant factor on the
+    loss is a factor on the step, so the sum of the task weights acts as a learning
+    rate; Adam divides each step by the gradient's running scale and cancels it, which
+    makes it the study's rate control. ``adam`` is Adam with decoupled weight decay
+    (AdamW): decay added to the gradient would be scaled down with the loss weights and
+    undo the cancellation. ``lr`` is used as given (Adam's customary rate is 1e-3, not
+    SGD's 2.5e-3 default); ``momentum`` and ``nesterov`` are SGD's only.
 
     ``log_variance_lr`` is the learning rate of the loss weighting's learned
     parameters (the uncertainty strategies' s_i); ``None`` means ``lr``. Those
@@ -139,6 +150,7 @@ class OptimConfig:
     (``-c_i·exp(-s_i)·L_i`` in the thousands) from throwing σ_i up by orders of magnitude.
     """
 
+    name: str = "sgd"
     lr: float = 2.5e-3
     momentum: float = 0.9
     nesterov: bool = True
@@ -297,6 +309,10 @@ class TrainConfig:
             raise ConfigError(f"device: expected auto, cpu or cuda[:N], got {self.device!r}")
         if self.data.workers < 0:
             raise ConfigError(f"data.workers: must be >= 0, got {self.data.workers}")
+        if self.optim.name not in OPTIMIZERS:
+            raise ConfigError(
+                f"optim.name: unknown optimiser {self.optim.name!r}; valid: {', '.join(OPTIMIZERS)}"
+            )
         optional: dict[str, float | None] = {
             "optim.log_variance_lr": self.optim.log_variance_lr,
             "optim.grad_clip_norm": self.optim.grad_clip_norm,

@@ -105,11 +105,16 @@ class Objective(nn.Module):
         return total, losses
 
 
-def build_optimizer(model: nn.Module, weighting: LossWeighting, config: TrainConfig) -> torch.optim.SGD:
+def build_optimizer(model: nn.Module, weighting: LossWeighting, config: TrainConfig) -> torch.optim.Optimizer:
+    """``optim.name``'s optimiser: the network in the first group, the weighting's s_i after it."""
     optim = config.optim
     groups: list[dict[str, Any]] = [{"params": list(model.parameters()), "weight_decay": optim.weight_decay}]
     groups += weighting.parameter_groups(_log_variance_lr(config))
-    optimizer = torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov)
+    optimizer: torch.optim.Optimizer
+    if optim.name == "adam":
+        optimizer = torch.optim.AdamW(groups, lr=optim.lr)
+    else:
+        optimizer = torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov)
     apply_optim_settings(optimizer, config)
     return optimizer
 
@@ -130,7 +135,8 @@ def apply_optim_settings(optimizer: torch.optim.Optimizer, config: TrainConfig) 
         group["base_lr"] = optim.lr if index == 0 else _log_variance_lr(config)
         group["lr"] = group["base_lr"]
         group["weight_decay"] = optim.weight_decay if index == 0 else 0.0
-        group["momentum"], group["nesterov"] = optim.momentum, optim.nesterov
+        if optim.name == "sgd":
+            group["momentum"], group["nesterov"] = optim.momentum, optim.nesterov
 
 
 def poly_lr(optimizer: torch.optim.Optimizer, step: int, total_steps: int, power: float) -> float:
@@ -191,7 +197,7 @@ class TrainingState:
 
     model: SceneNetwork
     weighting: LossWeighting
-    optimizer: torch.optim.SGD
+    optimizer: torch.optim.Optimizer
 
 
 def train(config: TrainConfig, placement: Placement) -> dict[str, Any]:
@@ -238,6 +244,12 @@ def resume(config: TrainConfig, placement: Placement, state: TrainingState, end_
     """Load ``config.resume`` into ``state`` (weights, optimiser, RNG); returns its step."""
     assert config.resume is not None
     saved = load_checkpoint(config.resume)
+    if saved["config"].optim.name != config.optim.name:
+        # The other optimiser's state (momentum buffers or Adam's moments) cannot be carried over.
+        raise ConfigError(
+            f"resume: {config.resume} was trained with optim.name={saved['config'].optim.name}, "
+            f"this config asks for {config.optim.name}"
+        )
     try:
         state.model.load_state_dict(saved["model"])
         state.weighting.load_state_dict(saved["weighting"])
