@@ -245,12 +245,12 @@ def _group_alive(pgid: int) -> bool:
 
 def test_a_worker_whose_study_died_stops_at_its_next_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
     """Killed outright (SIGKILL), the study cannot tell its workers: each sees its parent change."""
-    from training import study
+    from training.study import pool
 
-    monkeypatch.setattr(study, "_parent_pid", os.getppid())
-    assert not study._WorkerBudget().exhausted()
-    monkeypatch.setattr(study, "_parent_pid", os.getppid() + 1)  # the parent it started under is gone
-    assert study._WorkerBudget().exhausted()
+    monkeypatch.setattr(pool, "_parent_pid", os.getppid())
+    assert not pool._WorkerBudget().exhausted()
+    monkeypatch.setattr(pool, "_parent_pid", os.getppid() + 1)  # the parent it started under is gone
+    assert pool._WorkerBudget().exhausted()
 
 
 def test_killing_a_parallel_study_stops_its_workers_too(toy_run: dict[str, Any], tmp_path: Path) -> None:
