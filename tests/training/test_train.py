@@ -338,7 +338,7 @@ def test_the_log_records_gradient_norms_and_clipped_steps(tmp_path: Path) -> Non
     rows = read_log(tmp_path)
     assert [int(r["clipped_steps"]) for r in rows] == [2, 2, 2]
     assert all(r["grad_norm"] > 1e-9 for r in rows)
-    from training.study import clip_rate
+    from training.study.score import clip_rate
 
     assert clip_rate(tmp_path / "log.csv", 6) == 1.0
     assert train(tmp_path / "free", "optim.grad_clip_norm=1e9") == 0
