@@ -2,7 +2,8 @@
 
     python -m bench.instance_grouping [--count 20] [--runs 5] [--model model.onnx]
 
-Groups rendered validation scenes at 128x256 whose offsets are exact (built from the
+Groups rendered validation scenes at 128x256 (or at ``--model``'s input size, when its
+graph fixes one) whose offsets are exact (built from the
 ground truth, as training targets are), with each method of
 `service.postprocess.group_instances` at its defaults, ``runs`` times, and reports the
 median milliseconds per image; then the most crowded of the first ``pool`` scenes
@@ -100,9 +101,9 @@ def evaluate(
     return statistics.median(per_image), statistics.median(slowest), Quality(*(int(t) for t in totals))
 
 
-def most_crowded(seed: int, pool: int) -> SceneSample:
+def most_crowded(seed: int, pool: int, size: tuple[int, int]) -> SceneSample:
     """The scene with the most thing pixels among the first ``pool`` validation scenes."""
-    scenes = ProceduralScenes(split="val", seed=seed, count=pool, height=HEIGHT, width=WIDTH)
+    scenes = ProceduralScenes(split="val", seed=seed, count=pool, height=size[0], width=size[1])
     samples = (scenes[i] for i in range(pool))
     return max(samples, key=lambda sample: int(np.isin(sample.semantic, THING_TRAIN_IDS).sum()))
 
@@ -121,6 +122,15 @@ def onnx_session(path: Path, threads: int | None) -> Callable[[npt.NDArray[np.ui
         return dict(zip(names, session.run(None, {INPUT_NAME: image}), strict=True))
 
     return run
+
+
+def model_input_size(path: Path) -> tuple[int, int] | None:
+    """``(height, width)`` when the graph's ``uint8 [N, H, W, 3]`` input fixes them, else None."""
+    import onnx  # only for --model
+
+    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    height, width = (dims[1].dim_value, dims[2].dim_value) if len(dims) == 4 else (0, 0)
+    return (height, width) if height and width else None
 
 
 def time_model(
@@ -159,13 +169,14 @@ def main(argv: list[str] | None = None) -> None:
         if method not in METHODS:
             parser.error(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
 
-    scenes = ProceduralScenes(split="val", seed=args.seed, count=args.count, height=HEIGHT, width=WIDTH)
+    size = (model_input_size(args.model) if args.model else None) or (HEIGHT, WIDTH)
+    scenes = ProceduralScenes(split="val", seed=args.seed, count=args.count, height=size[0], width=size[1])
     samples = [scenes[i] for i in range(args.count)]
     exact: list[Maps] = [(s.semantic, instance_offsets(s.instance)[0]) for s in samples]
     thing_pixels = [int(np.isin(s.semantic, THING_TRAIN_IDS).sum()) for s in samples]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     print(
-        f"{args.count} rendered val scenes at {HEIGHT}x{WIDTH}: "
+        f"{args.count} rendered val scenes at {size[0]}x{size[1]}: "
         f"{sum(len(np.unique(s.instance[s.instance > 0])) for s in samples)} instances, "
         f"thing pixels per image median {statistics.median(thing_pixels):.0f}, max {max(thing_pixels)}; "
         f"median of {args.runs} runs"
@@ -176,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         ms, slowest, quality = evaluate(method, samples, exact, args.runs)
         grouping_ms[method] = ms
         print(f"  {method:7s} {ms:8.2f} ms/image (slowest image {slowest:7.2f} ms)  {quality}")
-    crowded = most_crowded(args.seed, args.pool)
+    crowded = most_crowded(args.seed, args.pool, size)
     crowded_maps = [(crowded.semantic, instance_offsets(crowded.instance)[0])]
     print(
         f"\nthe most crowded of the first {args.pool} scenes ({crowded.name}, "
