@@ -49,7 +49,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[train,serve,dev]'
+	$(BIN)/pip install --quiet -e '.[train,serve,optics,dev]'
 	touch $@
 
 # Serving needs only the serve extra (no torch), in its own environment, and only the

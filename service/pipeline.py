@@ -35,9 +35,10 @@ from scene_contract.model import (
 from service.batching import MicroBatcher
 from service.errors import InferenceTimeoutError
 from service.imaging import RGBImage, decode_upload, preprocess, resize_bilinear, resize_nearest
+from service.instances import Instance, measure_resized
 from service.limits import choose_map_size
 from service.metrics import Stage
-from service.postprocess import Instance, group_instances, measure_resized
+from service.postprocess import group_instances
 from service.prediction import Prediction, PredictOptions, StageClock
 from service.responses import ResponseEncoder
 from service.runtime import ModelRuntime, Outputs

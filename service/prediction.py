@@ -11,8 +11,8 @@ import numpy as np
 import numpy.typing as npt
 
 from service import metrics
+from service.instances import Instance
 from service.metrics import Stage
-from service.postprocess import Instance
 from service.schemas import MapSize, RequestedOutput, Resolution
 
 RGBImage = npt.NDArray[np.uint8]

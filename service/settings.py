@@ -22,6 +22,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service import optics
+
 DEFAULT_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
@@ -154,6 +156,14 @@ class Settings(BaseSettings):
             if text.startswith("["):
                 return json.loads(text)
             return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @field_validator("instance_method")
+    @classmethod
+    def _optics_installed(cls, value: InstanceMethod) -> InstanceMethod:
+        """Refuse ``optics`` at start when scikit-learn is missing, rather than on every request."""
+        if value == "optics" and not optics.installed():
+            raise ValueError(optics.MISSING)
         return value
 
     @field_validator("providers")

@@ -35,7 +35,7 @@ def test_a_present_tool_is_found(system_tool: Callable[[str, str], str]) -> None
 
 REPO = Path(__file__).resolve().parents[1]
 # One test that needs a Debian tool (promtool) and one that needs none.
-NEEDS_PROMTOOL = "tests/service/test_deploy.py::test_prometheus_config_passes_promtool"
+NEEDS_PROMTOOL = "tests/deploy/test_deploy.py::test_prometheus_config_passes_promtool"
 NEEDS_NOTHING = "tests/test_system_tools.py::test_a_present_tool_is_found"
 
 

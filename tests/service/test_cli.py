@@ -35,6 +35,15 @@ def test_workers_must_be_positive(model_path: Path, capsys: pytest.CaptureFixtur
     assert "--workers" in capsys.readouterr().err
 
 
+def test_optics_without_scikit_learn_stops_the_start_naming_the_extra(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # as if not installed
+    monkeypatch.setenv("SCENE_INSTANCE_METHOD", "optics")
+    assert main(["--model", str(model_path)]) == 2
+    assert "scene-mtl[optics]" in capsys.readouterr().err
+
+
 def test_service_logs_at_the_chosen_level() -> None:
     assert log_config("debug")["loggers"]["service"]["level"] == "DEBUG"
 

@@ -14,7 +14,8 @@ from PIL import Image
 from scene_contract.card import ModelCard
 from service.errors import CorruptImageError, TooManyPixelsError, UnsupportedMediaTypeError
 from service.imaging import decode_image, decode_upload, preprocess, resize_bilinear, resize_nearest
-from service.postprocess import group_instances, measure_instances, measure_resized
+from service.instances import measure_instances, measure_resized
+from service.postprocess import group_instances
 from service.responses import classes_present
 
 EXIF_ORIENTATION = 0x0112

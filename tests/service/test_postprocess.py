@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
+import sys
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
-from service.postprocess import GroupedInstances, group_instances
+from service.instances import GroupedInstances
+from service.postprocess import group_instances
 from training.data.classes import INSTANCE_DIVISOR, THING_TRAIN_IDS, train_id
 from training.data.procedural import ProceduralScenes
 from training.data.sample import SceneSample
@@ -209,6 +212,13 @@ def test_optics_finds_the_same_two_blobs() -> None:
     peaks = group(semantic, offsets)
     assert len(optics.instances) == len(peaks.instances) == 2
     assert matched(instance, optics.instance_map) == (2, 2, 2)
+
+
+def test_optics_without_scikit_learn_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # as if not installed
+    semantic, instance = boxes_scene((CAR, 40, 60, 20, 60))
+    with pytest.raises(ImportError, match=re.escape("pip install 'scene-mtl[optics]'")):
+        group(semantic, instance_offsets(instance)[0], method="optics")
 
 
 def test_unknown_method_names_the_valid_ones() -> None:

@@ -1,4 +1,6 @@
-"""POST /predict through HTTP: request shapes, response contents, options, .npz."""
+"""POST /predict through HTTP: response contents, image formats, options.
+
+The request shapes are tests/service/test_upload.py's, the .npz body test_responses.py's."""
 
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ import pytest
 from PIL import Image
 
 from scene_contract.card import ModelCard
-from service.api.routes.predict import wants_npz
 from service.encoding import DepthEncoding, decode_depth_png, decode_png, from_base64
 from service.main import create_app
 from service.settings import Settings
@@ -89,24 +90,6 @@ async def test_raw_png_gives_classes_instances_and_depth_at_original_size(
     assert timings["total"] >= timings["inference"]
 
 
-async def test_multipart_upload_gives_the_same_answer(client: httpx.AsyncClient, scene_png: bytes) -> None:
-    raw = await client.post("/predict", content=scene_png, headers={"Content-Type": "image/png"})
-    form = await client.post("/predict", files={"image": ("scene.png", scene_png, "image/png")})
-    generic = await client.post("/predict", files={"image": ("scene", scene_png, "application/octet-stream")})
-    assert form.status_code == generic.status_code == 200
-    assert form.json()["semantic"] == raw.json()["semantic"] == generic.json()["semantic"]
-
-
-@pytest.mark.parametrize(("image_format", "media_type"), [("JPEG", "image/jpeg"), ("WEBP", "image/webp")])
-async def test_jpeg_and_webp_bodies(
-    client: httpx.AsyncClient, scene: npt.NDArray[np.uint8], image_format: str, media_type: str
-) -> None:
-    data = encode(scene, image_format, quality=95)
-    response = await client.post("/predict", content=data, headers={"Content-Type": media_type})
-    assert response.status_code == 200, response.text
-    assert {c["name"] for c in response.json()["semantic"]["classes"]} >= {"sky", "road", "car"}
-
-
 async def test_exif_rotation_swaps_width_and_height(
     client: httpx.AsyncClient, scene: npt.NDArray[np.uint8]
 ) -> None:
@@ -173,40 +156,6 @@ async def test_overlay_pictures_follow_the_outputs_asked_for(
     assert overlay["png"] and overlay["instances_png"] is None and overlay["depth_png"] is None
 
 
-async def test_npz_response_has_raw_arrays(client: httpx.AsyncClient, scene_png: bytes) -> None:
-    response = await client.post(
-        "/predict",
-        content=scene_png,
-        headers={"Content-Type": "image/png", "Accept": "application/x-npz"},
-    )
-    assert response.status_code == 200
-    assert response.headers["content-type"] == "application/x-npz"
-    assert "inference;dur=" in response.headers["server-timing"]
-    with np.load(io.BytesIO(response.content), allow_pickle=False) as arrays:
-        assert arrays["semantic"].shape == (60, 100) and arrays["semantic"].dtype == np.uint8
-        assert arrays["semantic_confidence"].dtype == np.float32
-        assert arrays["instance_map"].shape == (60, 100) and arrays["instance_map"].dtype == np.uint16
-        assert arrays["instance_offsets"].shape == (2, 60, 100)
-        assert arrays["inverse_depth"].shape == (60, 100) and arrays["inverse_depth"].dtype == np.float32
-        assert arrays["inverse_depth"][5, 50] == 0.0
-        # Red car pixels: inverse depth = red / 255 = 1 per metre.
-        assert arrays["inverse_depth"][30, 50] == pytest.approx(1.0)
-        assert arrays["semantic"][30, 50] == CAR
-        assert arrays["instance_bboxes"].shape == (len(arrays["instance_ids"]), 4)
-        assert arrays["instance_class_ids"].tolist() == [CAR]
-
-
-async def test_npz_honours_outputs(client: httpx.AsyncClient, scene_png: bytes) -> None:
-    response = await client.post(
-        "/predict",
-        params={"outputs": "semantic"},
-        content=scene_png,
-        headers={"Content-Type": "image/png", "Accept": "application/x-npz"},
-    )
-    with np.load(io.BytesIO(response.content), allow_pickle=False) as arrays:
-        assert set(arrays.files) == {"semantic", "semantic_confidence"}
-
-
 async def test_optics_grouping_can_be_chosen(
     make_settings: Callable[..., Settings], serve: Serve, scene_png: bytes
 ) -> None:
@@ -214,18 +163,3 @@ async def test_optics_grouping_can_be_chosen(
         response = await client.post("/predict", content=scene_png, headers={"Content-Type": "image/png"})
     [car] = response.json()["instances"]["items"]
     assert car["class"] == "car"
-
-
-@pytest.mark.parametrize(
-    ("accept", "npz"),
-    [
-        ("application/x-npz", True),
-        ("application/json;q=0.5, application/x-npz", True),
-        ("Application/X-NPZ; q=0.8", True),
-        ("application/x-npz;q=0", False),
-        ("application/json", False),
-        (None, False),
-    ],
-)
-def test_accept_header_picks_npz_only_when_wanted(accept: str | None, npz: bool) -> None:
-    assert wants_npz(accept) is npz

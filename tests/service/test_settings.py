@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,6 +45,14 @@ def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings()
     with pytest.raises(ValidationError, match="providers"):
         Settings(providers=[])
+
+
+def test_optics_without_scikit_learn_is_refused_naming_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The serving install leaves scikit-learn out: the default still starts, optics says what to install."""
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # as if not installed
+    assert Settings().instance_method == "peaks"
+    with pytest.raises(ValidationError, match=re.escape("pip install 'scene-mtl[optics]'")):
+        Settings(instance_method="optics")
 
 
 def test_get_settings_is_built_once_until_cleared(monkeypatch: pytest.MonkeyPatch) -> None:

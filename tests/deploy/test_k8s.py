@@ -350,7 +350,7 @@ def test_probes_use_the_service_health_routes(rendered: dict[str, list[dict[str,
 
 @pytest.mark.anyio
 async def test_probe_paths_answer_as_the_probes_expect(settings: Settings, serve: Callable[..., Any]) -> None:
-    """Ready once warm; alive while loading too (tests/service/test_availability.py covers
+    """Ready once warm; alive while loading too (tests/service/test_state.py covers
     the not-ready-while-warming and failed-warm-up-fails-liveness cases these rely on)."""
     async with serve(create_app(settings), ready=False) as client:
         assert (await client.get("/healthz")).status_code == 200
