@@ -200,9 +200,21 @@ def main(argv: list[str] | None = None) -> None:
     if args.model is None:
         print("\nno --model given: skipping the comparison with inference time")
         return
-    run = onnx_session(args.model, args.threads)
-    model_ms = time_model(run, samples, args.runs)
-    print(f"\nmodel {args.model}: {model_ms:.2f} ms/image, ONNX Runtime CPU, batch 1")
+    compare_with_model(args.model, args.threads, samples, methods, grouping_ms, args.runs)
+
+
+def compare_with_model(
+    model: Path,
+    threads: int | None,
+    samples: Sequence[SceneSample],
+    methods: Sequence[str],
+    grouping_ms: dict[str, float],
+    runs: int,
+) -> None:
+    """Grouping time against ``model``'s inference time, and grouping on its own predictions."""
+    run = onnx_session(model, threads)
+    model_ms = time_model(run, samples, runs)
+    print(f"\nmodel {model}: {model_ms:.2f} ms/image, ONNX Runtime CPU, batch 1")
     for method, ms in grouping_ms.items():
         print(f"  {method:7s} grouping / inference = {ms / model_ms:7.1%}")
     predicted: list[Maps] = []
@@ -219,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     for title, maps in cases.items():
         print(f"\n{title}:")
         for method in methods:
-            ms, slowest, quality = evaluate(method, samples, maps, args.runs)
+            ms, slowest, quality = evaluate(method, samples, maps, runs)
             print(f"  {method:7s} {ms:8.2f} ms/image (slowest image {slowest:7.2f} ms)  {quality}")
 
 
