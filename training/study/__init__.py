@@ -19,10 +19,12 @@ two-thread run: docs/study.md). The results are then gathered into ``results.jso
 plots, all in ``<out>``.
 
 One job per module: `config` (the study config as types), `parse` (reading and
-checking a study file), `plan` (the runs, their folders, settings that wait on other
-runs), `advance` (one run, chunk by chunk), `score` (a finished run's result), `pool`
-(runs in turn or in worker processes), `run` (one invocation), `restore`, `stats`,
-`report` (``results.json`` and ``table.md``), `plots` and `cli`.
+checking a study file), `folders` (where runs live, what marks them finished), `plan`
+(the runs in order, settings that wait on other runs), `grid` (a grid's points, its
+selection on validation, widening it), `derive` (fixed weights read from a learned
+run's log), `advance` (one run, chunk by chunk), `score` (a finished run's result),
+`pool` (runs in turn or in worker processes), `run` (one invocation), `restore`,
+`stats`, `report` (``results.json`` and ``table.md``), `plots` and `cli`.
 
 See docs/study.md for the arms, the fairness choices and the tests.
 """
@@ -34,13 +36,16 @@ from training.study.config import (
     Arm,
     Comparison,
     Evaluation,
+    FromLearned,
     Grid,
     Pilot,
     Scenes,
     StudyConfig,
     StudyConfigError,
+    Widen,
     training_config,
 )
+from training.study.grid import beyond_edges, grid_points
 from training.study.parse import load_study
 from training.study.plan import PlannedRun, WaitingError, plan, run_settings, select_grid_point, study_seeds
 from training.study.report import pilot_decision, write_report
@@ -55,6 +60,7 @@ __all__ = [
     "Budget",
     "Comparison",
     "Evaluation",
+    "FromLearned",
     "Grid",
     "Pilot",
     "PlannedRun",
@@ -62,9 +68,12 @@ __all__ = [
     "StudyConfig",
     "StudyConfigError",
     "WaitingError",
+    "Widen",
     "advance",
+    "beyond_edges",
     "clip_rate",
     "compare",
+    "grid_points",
     "load_study",
     "main",
     "mean_std",

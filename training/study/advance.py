@@ -16,7 +16,7 @@ from typing import Any
 from training.checkpoint import load_checkpoint, weighting_from_checkpoint
 from training.config import TrainConfig, to_dict
 from training.study.config import TASK_METRICS, StudyConfig, StudyConfigError, training_config
-from training.study.plan import RESULT, RUN_RECORD, PlannedRun
+from training.study.plan import RESULT, RUN_RECORD, PlannedRun, derivation
 from training.study.score import score
 from training.train import setup_placement, train
 
@@ -63,6 +63,9 @@ def advance(
         step = _train_chunk(study, run, extra, config, step, budget, record, say)
         trained = step >= config.steps
     result = score(study, run, config, record["train_seconds"])
+    if run.arm.from_learned is not None:
+        # Where the fixed weights came from (the learned run's log, and k), beside the result.
+        result["derived_weights"] = derivation(study, run)[1]
     (run.run_dir / RESULT).write_text(json.dumps(result, indent=1))
     say(_result_line(run, result))
     return True

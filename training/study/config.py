@@ -27,30 +27,72 @@ class StudyConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class Widen:
+    """How a grid grows while its optimum lies on its edge (`training.study.grid`).
+
+    Along each searched task (one with two or more values), the optimum needs a
+    trained point on both sides, the other weights held; where one is missing the
+    point with that weight times ``factor`` (above) or divided by it (below) is
+    added. A weight of 0 is an edge that cannot be passed. No round adds points that
+    would take the grid past ``max_points``: the optimum is then reported as on the edge.
+    """
+
+    factor: float = 10.0
+    max_points: int = 12
+
+
+@dataclass(frozen=True)
 class Grid:
-    """A fixed-weight grid: every combination of the per-task values, trained with one seed.
+    """A fixed-weight grid: every combination of the per-task values, trained with ``seeds``.
 
     ``normalise``: each combination is scaled to sum 1 (as the paper's weights do), and
     combinations that are multiples of one another are trained once. ``select``: how
-    the best point is chosen on the validation split: ``mean_rank`` (the lowest mean of
-    its ranks on the three task metrics) or one metric key of `TASK_METRICS`.
+    the best point is chosen on the validation split (metrics averaged over the grid's
+    seeds): ``mean_rank`` (the lowest mean of its ranks on the three task metrics) or
+    one metric key of `TASK_METRICS`. ``widen``: grow the grid until its optimum is inside.
     """
 
     weights: dict[str, list[float]]
-    seed: int
+    seeds: tuple[int, ...]
     select: str = "mean_rank"
     normalise: bool = True
+    widen: Widen | None = None
+
+    def combinations(self) -> list[dict[str, float]]:
+        """The raw per-task values of every combination, before normalising."""
+        tasks = list(self.weights)
+        return [
+            dict(zip(tasks, values, strict=True)) for values in product(*(self.weights[t] for t in tasks))
+        ]
+
+    def point(self, combination: dict[str, float]) -> dict[str, float]:
+        """A combination as trained: normalised to sum 1 if the grid normalises."""
+        total = sum(combination.values()) if self.normalise else 1.0
+        # Three significant digits: readable folder names, and sums within 0.1% of 1.
+        return {t: float(f"{v / total:.3g}") for t, v in combination.items()}
 
     def points(self) -> list[dict[str, float]]:
-        tasks = list(self.weights)
+        """The configured points (without those widening adds), each once."""
         points: list[dict[str, float]] = []
-        for values in product(*(self.weights[t] for t in tasks)):
-            total = sum(values) if self.normalise else 1.0
-            # Three significant digits: readable folder names, and sums within 0.1% of 1.
-            point = {t: float(f"{v / total:.3g}") for t, v in zip(tasks, values, strict=True)}
+        for combination in self.combinations():
+            point = self.point(combination)
             if point not in points:
                 points.append(point)
         return points
+
+
+@dataclass(frozen=True)
+class FromLearned:
+    """Fixed weights read from the learned-weight arm ``arm``'s run with the same seed (its ``log.csv``).
+
+    ``weights``: ``end_point`` (its weights at the last logged step, held fixed),
+    ``rate_weighted`` (each task the arm weighs at the learned run's Σ lr·w / Σ lr) or
+    ``rate_matched`` (the arm's own weights times k, matching the learned run's
+    Σ lr·Σ w): `training.rate_matching`.
+    """
+
+    arm: str
+    weights: str
 
 
 @dataclass(frozen=True)
@@ -61,7 +103,9 @@ class Arm:
     point with the grid's seed. ``best_of``: the named grid arm's selected weights over
     the study's seeds. ``total_weight``: fixed weights scaled so that they sum to this
     number, or to the total weight that the named arm applied (its Σ_i weight_i averaged
-    over training, from its ``log.csv``, in the run with the same seed).
+    over training, from its ``log.csv``, in the run with the same seed). ``from_learned``:
+    fixed weights derived from a learned-weight arm's run with the same seed.
+    ``seeds``: the study's seeds this arm trains (``None``: all of them).
     """
 
     name: str
@@ -69,6 +113,14 @@ class Arm:
     grid: Grid | None = None
     best_of: str | None = None
     total_weight: float | str | None = None
+    from_learned: FromLearned | None = None
+    seeds: list[int] | None = None
+
+    def sources(self) -> list[str]:
+        """The non-grid arms whose runs this arm's weights are read from."""
+        named = [self.total_weight if isinstance(self.total_weight, str) else None]
+        named.append(self.from_learned.arm if self.from_learned else None)
+        return [name for name in named if name is not None]
 
 
 @dataclass(frozen=True)
@@ -138,6 +190,10 @@ class StudyConfig:
 
     def arm(self, name: str) -> Arm:
         return next(a for a in self.arms if a.name == name)
+
+    def arm_seeds(self, arm: Arm, seeds: list[int]) -> list[int]:
+        """The seeds among ``seeds`` (the study's, or the pilot's larger set) that ``arm`` trains."""
+        return seeds if arm.seeds is None else [s for s in seeds if s in arm.seeds]
 
 
 def as_overrides(values: dict[str, Any]) -> list[str]:

@@ -19,13 +19,16 @@ from training.study.config import (
     Arm,
     Comparison,
     Evaluation,
+    FromLearned,
     Grid,
     Pilot,
     Scenes,
     StudyConfig,
     StudyConfigError,
+    Widen,
     training_config,
 )
+from training.study.derive import MODES
 
 
 def load_study(path: str | Path) -> StudyConfig:
@@ -136,7 +139,8 @@ def _evaluation(value: Any) -> Evaluation:
 
 
 def _grid(value: Any, key: str) -> Grid:
-    data = _mapping(value, key, ("weights", "seed", "select", "normalise"), ("weights", "seed"))
+    allowed = ("weights", "seed", "seeds", "select", "normalise", "widen")
+    data = _mapping(value, key, allowed, ("weights",))
     weights = _mapping(data["weights"], f"{key}.weights", TASKS)
     if not weights:
         raise StudyConfigError(f"{key}.weights: give each task's list of weights")
@@ -156,11 +160,42 @@ def _grid(value: Any, key: str) -> Grid:
         raise StudyConfigError(f"{key}.normalise: expected true or false, got {normalise!r}")
     if any(sum(values) == 0 for values in product(*parsed.values())):
         raise StudyConfigError(f"{key}.weights: a combination has every weight 0")
-    return Grid(parsed, _int(data["seed"], f"{key}.seed"), select, normalise)
+    widen = None
+    if "widen" in data:
+        widen = _widen(data["widen"], f"{key}.widen", len(Grid(parsed, (0,), normalise=normalise).points()))
+    return Grid(parsed, _grid_seeds(data, key), select, normalise, widen)
+
+
+def _grid_seeds(data: dict[str, Any], key: str) -> tuple[int, ...]:
+    """``seed: 1`` (one seed) or ``seeds: [1, 2]``, not both."""
+    if ("seed" in data) == ("seeds" in data):
+        raise StudyConfigError(f"{key}: give seed (one) or seeds (a list), not both or neither")
+    if "seed" in data:
+        return (_int(data["seed"], f"{key}.seed"),)
+    return tuple(_seeds(data["seeds"], f"{key}.seeds"))
+
+
+def _widen(value: Any, key: str, configured: int) -> Widen:
+    data = _mapping(value if value is not None else {}, key, ("factor", "max_points"))
+    factor = _number(data.get("factor", 10.0), f"{key}.factor")
+    if factor <= 1:
+        raise StudyConfigError(f"{key}.factor: must be above 1, got {factor!r}")
+    max_points = _int(data.get("max_points", 12), f"{key}.max_points", 1)
+    if max_points < configured:
+        raise StudyConfigError(f"{key}.max_points: {max_points} is below the grid's {configured} points")
+    return Widen(factor, max_points)
+
+
+def _from_learned(value: Any, key: str) -> FromLearned:
+    data = _mapping(value, key, ("arm", "weights"), ("arm", "weights"))
+    if data["weights"] not in MODES:
+        raise StudyConfigError(f"{key}.weights: expected one of {', '.join(MODES)}, got {data['weights']!r}")
+    return FromLearned(str(data["arm"]), data["weights"])
 
 
 def _arm(value: Any, key: str) -> Arm:
-    data = _mapping(value, key, ("name", "overrides", "grid", "best_of", "total_weight"), ("name",))
+    allowed = ("name", "overrides", "grid", "best_of", "total_weight", "from_learned", "seeds")
+    data = _mapping(value, key, allowed, ("name",))
     name = data["name"]
     if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
         raise StudyConfigError(
@@ -173,12 +208,20 @@ def _arm(value: Any, key: str) -> Arm:
         total = _number(total, f"{key}.total_weight")
         if total == 0:
             raise StudyConfigError(f"{key}.total_weight: must be positive")
+    if "from_learned" in data and ("total_weight" in data or "grid" in data):
+        raise StudyConfigError(f"{key}.from_learned: not with total_weight or grid")
+    if "seeds" in data and "grid" in data:
+        raise StudyConfigError(f"{key}.seeds: a grid arm takes its seeds in grid.seeds")
     return Arm(
         name=name,
         overrides=_overrides(data.get("overrides"), f"{key}.overrides"),
         grid=_grid(data["grid"], f"{key}.grid") if "grid" in data else None,
         best_of=data.get("best_of"),
         total_weight=total,
+        from_learned=_from_learned(data["from_learned"], f"{key}.from_learned")
+        if "from_learned" in data
+        else None,
+        seeds=_seeds(data["seeds"], f"{key}.seeds") if "seeds" in data else None,
     )
 
 
@@ -202,6 +245,11 @@ def _arms(value: Any) -> list[Arm]:
             arm.total_weight not in names or arm.total_weight == arm.name
         ):
             raise StudyConfigError(f"arms.{arm.name}.total_weight: {arm.total_weight!r} is not another arm")
+        source = arm.from_learned.arm if arm.from_learned else None
+        if source is not None and (source not in names or source == arm.name or source in grids):
+            raise StudyConfigError(
+                f"arms.{arm.name}.from_learned.arm: {source!r} is not another (non-grid) arm"
+            )
     return arms
 
 
@@ -237,7 +285,7 @@ def _pilot(value: Any, arms: list[Arm]) -> Pilot:
         raise StudyConfigError("pilot.arms: expected a non-empty list of arm names")
     for name in entry["arms"]:
         found = next((a for a in arms if a.name == name), None)
-        if found is None or found.grid or found.best_of or isinstance(found.total_weight, str):
+        if found is None or found.grid or found.best_of or found.sources():
             raise StudyConfigError(
                 f"pilot.arms: {name!r} is not a plain arm (no grid, best_of or arm reference)"
             )
@@ -266,11 +314,38 @@ def _check_arm(study: StudyConfig, arm: Arm) -> None:
     points = arm.grid.points() if arm.grid else [None]
     for point in points:
         extra = {"loss.strategy": "fixed", "loss.weights": point} if point else {}
-        if arm.best_of:
+        if arm.best_of or arm.from_learned:
             extra = {"loss.strategy": "fixed", "loss.weights": {t: 1.0 for t in TASKS}}
         try:
             config = training_config(study, arm, extra, seed=study.seeds[0], run_dir=study.out / arm.name)
+            own = training_config(study, arm, {}, seed=study.seeds[0], run_dir=study.out / arm.name)
         except (ConfigError, DataConfigError) as error:
             raise StudyConfigError(f"arms.{arm.name}: {error}") from None
         if arm.total_weight is not None and config.loss.strategy != "fixed":
             raise StudyConfigError(f"arms.{arm.name}.total_weight: needs fixed weights (loss.strategy=fixed)")
+    if arm.from_learned is not None:
+        _check_from_learned(study, arm, own.loss.strategy)
+    possible = set(study.seeds) | set(study.pilot.seeds_if_over if study.pilot else [])
+    if arm.seeds is not None and not set(arm.seeds) <= possible:
+        raise StudyConfigError(f"arms.{arm.name}.seeds: {arm.seeds} are not all among the study's seeds")
+
+
+def _check_from_learned(study: StudyConfig, arm: Arm, own_strategy: str) -> None:
+    """The source learns its weights and trains every seed of ``arm``; a base to derive from is fixed."""
+    assert arm.from_learned is not None
+    key = f"arms.{arm.name}.from_learned"
+    source = study.arm(arm.from_learned.arm)
+    strategy = training_config(study, source, {}, seed=study.seeds[0], run_dir=study.out).loss.strategy
+    if strategy == "fixed":
+        raise StudyConfigError(f"{key}.arm: {source.name!r} has fixed weights; name a learned-weight arm")
+    needs_base = arm.from_learned.weights != "end_point" and arm.best_of is None
+    if needs_base and own_strategy != "fixed":
+        raise StudyConfigError(
+            f"{key}.weights: {arm.from_learned.weights} needs the arm's own fixed weights "
+            "(loss.strategy=fixed and loss.weights, or best_of)"
+        )
+    missing = sorted(set(arm.seeds or study.seeds) - set(source.seeds or study.seeds))
+    if missing:
+        raise StudyConfigError(
+            f"{key}.arm: {source.name!r} does not train seeds {missing} that this arm needs"
+        )

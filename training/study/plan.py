@@ -1,30 +1,36 @@
-"""Which runs the study trains, where each lives on disk, and the settings that wait on other runs.
+"""Which runs the study trains, in which order, and the settings that wait on other runs.
 
-Run ``k`` of arm ``a`` lives in ``<out>/<a>/seed<k>/`` (grid points in
-``<out>/<grid>/<point>/seed<k>/``, pilot runs under ``<out>/pilot/``). A folder with
-``result.json`` holds a finished run, one with ``failed.json`` a run whose loss went
-non-finite.
+Folders and the files that mark a run finished: `training.study.folders`.
 """
 
 from __future__ import annotations
 
 import json
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scene_contract.model import TASKS
-from training.study.config import TASK_METRICS, Arm, StudyConfig, training_config
+from training.study.config import Arm, StudyConfig, training_config
+from training.study.derive import derived_weights
+from training.study.folders import FAILED, RESULT, RUN_RECORD, WaitingError, point_label, read_result
+from training.study.grid import grid_points, select_grid_point
 
-RESULT = "result.json"
-FAILED = "failed.json"
-RUN_RECORD = "study_run.json"
-
-
-class WaitingError(Exception):
-    """A run's settings depend on runs that have not finished yet; the message says which."""
+# Re-exported: the rest of the study imports the run folders' vocabulary from here.
+__all__ = [
+    "FAILED",
+    "RESULT",
+    "RUN_RECORD",
+    "PlannedRun",
+    "WaitingError",
+    "arm_order",
+    "plan",
+    "point_label",
+    "read_result",
+    "run_settings",
+    "select_grid_point",
+    "study_seeds",
+]
 
 
 @dataclass(frozen=True)
@@ -41,16 +47,13 @@ class PlannedRun:
         return f"{'pilot ' if self.pilot else ''}{self.arm.name}{point} seed {self.seed}"
 
 
-def point_label(point: dict[str, float]) -> str:
-    """A grid point as a folder name: ``semantic0.5_instance0.05_depth0.45``."""
-    return "_".join(f"{task}{point[task]:g}" for task in TASKS if task in point)
-
-
 def plan(study: StudyConfig, seeds: list[int], pilot: bool = False) -> list[PlannedRun]:
     """Every run in the order it is tried: grid points first, then seed by seed, arm by arm.
 
     Seed-major order gives paired results across all arms early, so a study cut short
-    still compares like with like.
+    still compares like with like. Within a seed an arm comes after the arms its weights
+    are read from (`arm_order`). A widened grid's added points join the plan once the
+    runs that call for them are finished.
     """
     if pilot:
         assert study.pilot is not None
@@ -61,20 +64,31 @@ def plan(study: StudyConfig, seeds: list[int], pilot: bool = False) -> list[Plan
             for name in study.pilot.arms
         ]
     runs = [
-        PlannedRun(
-            arm, arm.grid.seed, study.out / arm.name / point_label(point) / f"seed{arm.grid.seed}", point
-        )
+        PlannedRun(arm, seed, study.out / arm.name / point_label(point) / f"seed{seed}", point)
         for arm in study.arms
         if arm.grid is not None
-        for point in arm.grid.points()
+        for point in grid_points(study, arm)
+        for seed in arm.grid.seeds
     ]
     runs += [
         PlannedRun(arm, seed, study.out / arm.name / f"seed{seed}")
         for seed in seeds
-        for arm in study.arms
-        if arm.grid is None
+        for arm in arm_order(study)
+        if seed in study.arm_seeds(arm, seeds)
     ]
     return runs
+
+
+def arm_order(study: StudyConfig) -> list[Arm]:
+    """The non-grid arms in config order, except that an arm follows every arm it reads weights from."""
+    pending = [a for a in study.arms if a.grid is None]
+    ordered: list[Arm] = []
+    while pending:
+        placed = {a.name for a in ordered}
+        ready = next((a for a in pending if set(a.sources()) <= placed), pending[0])  # parse rules out cycles
+        ordered.append(ready)
+        pending.remove(ready)
+    return ordered
 
 
 def study_seeds(study: StudyConfig, say: Callable[[str], None]) -> list[int]:
@@ -88,11 +102,6 @@ def study_seeds(study: StudyConfig, say: Callable[[str], None]) -> list[int]:
     return seeds
 
 
-def read_result(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / RESULT
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def run_settings(study: StudyConfig, run: PlannedRun) -> dict[str, Any]:
     """The training overrides the run adds to its arm: grid weights, selected or scaled weights.
 
@@ -102,6 +111,8 @@ def run_settings(study: StudyConfig, run: PlannedRun) -> dict[str, Any]:
         return {"loss.strategy": "fixed", "loss.weights": run.grid_point}
     extra: dict[str, Any] = {}
     weights: dict[str, float] | None = None
+    if run.arm.from_learned is not None:
+        return {"loss.strategy": "fixed", "loss.weights": derivation(study, run)[0]}
     if run.arm.best_of is not None:
         grid_arm = study.arm(run.arm.best_of)
         selection = select_grid_point(study, grid_arm)
@@ -124,41 +135,15 @@ def run_settings(study: StudyConfig, run: PlannedRun) -> dict[str, Any]:
     return extra
 
 
-def select_grid_point(study: StudyConfig, grid_arm: Arm) -> dict[str, Any] | None:
-    """The grid point chosen on the validation split, or None while a grid run is unfinished.
-
-    Failed points (non-finite loss) are out of the running. ``mean_rank``: each point
-    is ranked on the metric of each task the grid weighs (1 = best; ties share the
-    better rank) and the lowest mean rank wins; ties go to the earlier point in grid order.
-    """
-    assert grid_arm.grid is not None
-    grid = grid_arm.grid
-    candidates = []
-    for point in grid.points():
-        run_dir = study.out / grid_arm.name / point_label(point) / f"seed{grid.seed}"
-        result = read_result(run_dir)
-        if result is None:
-            if (run_dir / FAILED).is_file():
-                continue
-            return None
-        candidates.append((point, result["val"]))
-    if not candidates:
-        return None
-    metrics = [TASK_METRICS[t] for t in TASKS if t in grid.weights]
-    if grid.select != "mean_rank":
-        metrics = [m for m in metrics if m[0] == grid.select]
-    scores = []
-    for _, val in candidates:
-        ranks = []
-        for key, _, higher in metrics:
-            mine = val[key]
-            better = sum(1 for _, other in candidates if (other[key] > mine if higher else other[key] < mine))
-            ranks.append(1 + better)
-        scores.append(statistics.fmean(ranks))
-    best = min(range(len(candidates)), key=lambda i: scores[i])
-    return {
-        "weights": candidates[best][0],
-        "select": grid.select,
-        "score": scores[best],
-        "scores": {point_label(p): s for (p, _), s in zip(candidates, scores, strict=True)},
-    }
+def derivation(study: StudyConfig, run: PlannedRun) -> tuple[dict[str, float], dict[str, Any]]:
+    """A ``from_learned`` run's weights and where they came from (`training.study.derive`)."""
+    base: dict[str, float] | None = None
+    if run.arm.best_of is not None:
+        selection = select_grid_point(study, study.arm(run.arm.best_of))
+        if selection is None:
+            raise WaitingError(f"the grid {run.arm.best_of} is not finished")
+        base = dict(selection["weights"])
+    elif run.arm.from_learned is not None and run.arm.from_learned.weights != "end_point":
+        config = training_config(study, run.arm, {}, seed=run.seed, run_dir=run.run_dir)
+        base = dict(config.loss.weights)
+    return derived_weights(study, run.arm, run.seed, base)

@@ -86,7 +86,7 @@ def plot_grid(study: StudyConfig, results: list[dict[str, Any]], out: Path) -> l
                 [r["test"][key] for r in points],
                 color="black",
                 zorder=3,
-                label=f"grid, seed {arm.grid.seed if arm.grid else ''}",
+                label=f"grid, seed {', '.join(map(str, arm.grid.seeds)) if arm.grid else ''}",
             )
             learned = sorted({r["arm"] for r in results if r["strategy"].startswith("uncertainty")
                               and r["grid_point"] is None and set(tasks) <= set(r["tasks"])})  # fmt: skip

@@ -198,9 +198,16 @@ def _grid_lines(
     assert arm.grid is not None
     lines = [
         "",
-        f"## Fixed-weight grid {name} (seed {arm.grid.seed}, chosen on the validation split by "
+        f"## Fixed-weight grid {name} ({_seeds_text(arm.grid.seeds)}, chosen on the validation split by "
         f"{arm.grid.select})",
         "",
+    ]
+    if len(arm.grid.seeds) > 1:
+        lines += [
+            "One row per run; the score ranks each point's validation metrics averaged over its seeds.",
+            "",
+        ]
+    lines += [
         "| weights sem / inst / depth | val mIoU % | val instance px | val inv. depth 1/m | score "
         "| test mIoU % |",
         "|---|---|---|---|---|---|",
@@ -217,4 +224,19 @@ def _grid_lines(
             f"| {val['instance_mean_error_px']:.2f} | {val['inverse_depth_mean_error']:.4f} | {score} "
             f"| {test['semantic_miou']:.1f} |"
         )
+    if selection is not None and "widening" in selection:
+        lines += ["", _widening_text(selection["widening"])]
     return lines
+
+
+def _seeds_text(seeds: tuple[int, ...]) -> str:
+    return ("seeds " if len(seeds) > 1 else "seed ") + ", ".join(map(str, seeds))
+
+
+def _widening_text(widening: dict[str, Any]) -> str:
+    added = ", ".join(widening["added"]) or "none"
+    if widening["inside"]:
+        return f"The optimum is inside the grid (points added by widening: {added})."
+    edges = ", ".join(widening["on_edge"])
+    reason = "the grid is at its max_points" if widening["capped"] else "no new point lies beyond it"
+    return f"The optimum is still on the grid's edge ({edges}): {reason}. Points added by widening: {added}."

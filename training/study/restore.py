@@ -36,23 +36,33 @@ def restore_results(study: StudyConfig, source: Path, say: Callable[[str], None]
     pilot = bool(report.get("pilot"))
     if pilot:
         _restore_pilot_decision(study, report["pilot"], say)
-    runs = plan(study, [] if pilot else study_seeds(study, say), pilot)
-    restored = 0
-    for result in results:
-        key = (result["arm"], result["seed"], result["grid_point"], result["pilot"])
-        run = next((r for r in runs if (r.arm.name, r.seed, r.grid_point, r.pilot) == key), None)
+    seeds = [] if pilot else study_seeds(study, say)
+    restored, left = 0, list(results)
+    while left:
+        # A widened grid's added points are planned once the results that call for them are here.
+        runs = plan(study, seeds, pilot)
+        matched = [(result, _planned(runs, result)) for result in left]
+        left = [result for result, run in matched if run is None]
+        if len(left) == len(matched):
+            break
+        for result, run in matched:
+            if run is not None and read_result(run.run_dir) is None:
+                _check_comparable(study, run, result, source)
+                run.run_dir.mkdir(parents=True, exist_ok=True)
+                (run.run_dir / RESULT).write_text(
+                    json.dumps(result | {"restored_from": str(source)}, indent=1)
+                )
+                restored += 1
+    for result in left:
         name = f"{'pilot ' if result['pilot'] else ''}{result['arm']} seed {result['seed']}"
-        if run is None:
-            say(f"{name}: not a run of this study; skipped")
-            continue
-        if read_result(run.run_dir) is not None:
-            continue
-        _check_comparable(study, run, result, source)
-        run.run_dir.mkdir(parents=True, exist_ok=True)
-        (run.run_dir / RESULT).write_text(json.dumps(result | {"restored_from": str(source)}, indent=1))
-        restored += 1
+        say(f"{name}: not a run of this study; skipped")
     say(f"restored {restored} finished run(s) from {source}")
     return restored
+
+
+def _planned(runs: list[PlannedRun], result: dict[str, Any]) -> PlannedRun | None:
+    key = (result["arm"], result["seed"], result["grid_point"], result["pilot"])
+    return next((r for r in runs if (r.arm.name, r.seed, r.grid_point, r.pilot) == key), None)
 
 
 def _restore_pilot_decision(study: StudyConfig, decision: dict[str, Any], say: Callable[[str], None]) -> None:

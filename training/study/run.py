@@ -8,7 +8,7 @@ from collections.abc import Callable
 from training.data.sample import DataConfigError
 from training.study.advance import Budget
 from training.study.config import StudyConfig, StudyConfigError, training_config
-from training.study.plan import FAILED, WaitingError, plan, read_result, run_settings, study_seeds
+from training.study.plan import FAILED, PlannedRun, WaitingError, plan, read_result, run_settings, study_seeds
 from training.study.pool import run_in_parallel, run_in_turn
 from training.study.report import write_report
 
@@ -29,13 +29,23 @@ def run_study(
     if pilot and study.pilot is None:
         raise StudyConfigError("--pilot: the study config has no pilot section")
     render_scenes(study, say)
-    runs = plan(study, [] if pilot else study_seeds(study, say), pilot)
-    pending = [r for r in runs if read_result(r.run_dir) is None and not (r.run_dir / FAILED).is_file()]
+    seeds = [] if pilot else study_seeds(study, say)
+    runs = plan(study, seeds, pilot)
+    pending = _unfinished(runs)
     say(f"{len(runs) - len(pending)} of {len(runs)} runs finished; {len(pending)} to go")
-    if jobs > 1:
-        run_in_parallel(study, pending, budget, jobs, say)
-    else:
-        run_in_turn(study, pending, budget, say)
+    while True:
+        if jobs > 1:
+            run_in_parallel(study, pending, budget, jobs, say)
+        else:
+            run_in_turn(study, pending, budget, say)
+        # A widened grid's new points join the plan once the runs that call for them are finished.
+        known = {run.run_dir for run in runs}
+        runs = plan(study, seeds, pilot)
+        added = [run for run in _unfinished(runs) if run.run_dir not in known]
+        if not added or budget.exhausted():
+            break
+        say(f"{len(added)} run(s) added to the plan: {', '.join(run.label for run in added)}")
+        pending += added
     for run in pending:
         try:
             run_settings(study, run)
@@ -45,6 +55,10 @@ def run_study(
         say(f"{run.label}: left for later ({reason})")
     write_report(study, pilot=pilot)
     return not pending
+
+
+def _unfinished(runs: list[PlannedRun]) -> list[PlannedRun]:
+    return [r for r in runs if read_result(r.run_dir) is None and not (r.run_dir / FAILED).is_file()]
 
 
 def render_scenes(study: StudyConfig, say: Callable[[str], None]) -> None:
