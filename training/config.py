@@ -246,8 +246,9 @@ class TrainConfig:
             raise ConfigError(
                 f"model.width: ESPNetv2 comes in widths {sorted(WIDTHS)}, got {self.model.width}"
             )
-        if self.model.geometry_stride not in (4, 8):
-            raise ConfigError(f"model.geometry_stride: must be 4 or 8, got {self.model.geometry_stride}")
+        for name in ("instance_stride", "depth_stride"):
+            if getattr(self.model, name) not in (4, 8):
+                raise ConfigError(f"model.{name}: must be 4 or 8, got {getattr(self.model, name)}")
         if not (math.isfinite(self.model.offset_scale) and self.model.offset_scale > 0):
             raise ConfigError(f"model.offset_scale: must be positive, got {self.model.offset_scale}")
         if self.data.source not in DATA_SOURCES:

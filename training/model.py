@@ -50,8 +50,9 @@ class ModelConfig:
         backbone_sha256: the sha256 the ``backbone_weights`` file must have (``null``:
             not checked).
         width: ESPNetv2's width multiplier s (1.0 or 2.0; ``espnetv2`` only).
-        geometry_stride: the stride at which ESPNetv2's instance and depth decoders
-            stop (4 or 8; ``espnetv2`` only), upsampled from there to the input size.
+        instance_stride, depth_stride: the stride at which ESPNetv2's instance and
+            depth decoders stop (4 or 8; ``espnetv2`` only), upsampled from there to the
+            input size.
         offset_scale: pixels per unit of the instance decoder's raw output (the model
             multiplies by it). With zero-initialised output layers and L1 losses, a
             network needs about ``offset_scale``² fewer steps to reach offsets of tens
@@ -67,7 +68,8 @@ class ModelConfig:
     backbone_weights: str | None = None
     backbone_sha256: str | None = None
     width: float = 2.0
-    geometry_stride: int = 4
+    instance_stride: int = 4
+    depth_stride: int = 4
     offset_scale: float = 1.0
 
 
@@ -179,8 +181,9 @@ class ESPNetv2SceneModel(nn.Module):
     (dy, dx) to the instance's centroid) and ``inverse_depth`` ``[N, 1, H, W]`` (1/m) out.
 
     The semantic decoder predicts at stride 2, the instance and depth decoders at
-    ``geometry_stride`` (4 or 8: the published decoder's stride-2 block costs as much as
-    the encoder; offsets and depth are smooth enough to upsample), each upsampled to the
+    ``instance_stride`` and ``depth_stride`` (4 or 8: the published decoder's stride-2
+    block costs as much as the encoder; offsets and depth are smoother than classes),
+    each upsampled to the
     input size; the instance decoder's output is in units of ``offset_scale`` pixels. With
     ``backbone_weights`` the encoder and the semantic decoder start as the published
     Cityscapes network (its first 19 output channels are this project's class table);
@@ -203,9 +206,8 @@ class ESPNetv2SceneModel(nn.Module):
         self.encoder = ESPNetv2Encoder(config.width)
         channels = self.encoder.channels
         self.semantic_decoder = SegmentationDecoder(channels, config.num_classes)
-        stride = config.geometry_stride
-        self.instance_decoder = SegmentationDecoder(channels, 2, finest_stride=stride)
-        self.depth_decoder = SegmentationDecoder(channels, 1, finest_stride=stride)
+        self.instance_decoder = SegmentationDecoder(channels, 2, finest_stride=config.instance_stride)
+        self.depth_decoder = SegmentationDecoder(channels, 1, finest_stride=config.depth_stride)
         if config.backbone_weights:
             self._start_from_published(Path(config.backbone_weights), config.backbone_sha256)
         for decoder in (self.instance_decoder, self.depth_decoder):

@@ -158,6 +158,20 @@ def test_verification_catches_a_mismatched_model(exported: Path, checkpoint: Pat
     assert any("inverse_depth" in failure for failure in report.failures)
 
 
+@pytest.mark.parametrize(("shift_px", "passes"), [(0.02, True), (0.2, False)])
+def test_offsets_are_judged_in_pixels_per_ten(
+    exported: Path, checkpoint: Path, shift_px: float, passes: bool
+) -> None:
+    # float16-stored weights move offsets of tens of pixels by hundredths of a pixel;
+    # the tolerance (a mean 0.05 px) lets that through and still catches a real shift.
+    model, _ = model_from_checkpoint(checkpoint)
+    with torch.no_grad():
+        model.instance_head[3].bias += shift_px
+    report = verify(exported, model, verification_images(64, 128, scenes=2), "fp32-fp16weights")
+    assert report.passed == passes
+    assert passes or any("instance_offsets" in failure for failure in report.failures)
+
+
 def test_export_that_fails_verification_leaves_no_model_behind(
     checkpoint: Path,
     tmp_path: Path,

@@ -150,13 +150,13 @@ def test_a_file_with_another_checksum_is_refused(tmp_path: Path) -> None:
         read_published(tmp_path / "missing.pth", None)
 
 
-@pytest.mark.parametrize("geometry_stride", [4, 8])
+@pytest.mark.parametrize("instance_stride", [4, 8])
 def test_scene_model_starts_from_the_published_network(
-    tmp_path: Path, fake_espnetv2: Callable[[int], dict[str, torch.Tensor]], geometry_stride: int
+    tmp_path: Path, fake_espnetv2: Callable[[int], dict[str, torch.Tensor]], instance_stride: int
 ) -> None:
     path = tmp_path / "published.pth"
     torch.save(fake_espnetv2(3), path)
-    config = ModelConfig(backbone="espnetv2", backbone_weights=str(path), geometry_stride=geometry_stride)
+    config = ModelConfig(backbone="espnetv2", backbone_weights=str(path), instance_stride=instance_stride)
     model = ESPNetv2SceneModel(config).eval()
     reference = ESPNetv2Segmentation(2.0, 19)
     load_published(reference, fake_espnetv2(3), classes=19)
@@ -176,7 +176,8 @@ def test_scene_model_starts_from_the_published_network(
         model.instance_decoder.skip8.gate.weight, model.semantic_decoder.skip8.gate.weight
     )
     assert model.instance_decoder.classifier.out_channels == 2
-    assert hasattr(model.depth_decoder, "pyramid4") == (geometry_stride == 4)
+    assert hasattr(model.instance_decoder, "pyramid4") == (instance_stride == 4)
+    assert hasattr(model.depth_decoder, "pyramid4")
     assert out["instance_offsets"].shape == (1, 2, 64, 128) and out["inverse_depth"].shape == (1, 1, 64, 128)
 
 

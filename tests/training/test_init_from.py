@@ -54,7 +54,7 @@ def test_instance_offsets_are_in_units_of_offset_scale_pixels() -> None:
 
 
 def test_stride_8_geometry_decoders_give_full_resolution_outputs() -> None:
-    model = ESPNetv2SceneModel(ModelConfig(backbone="espnetv2", width=1.0, geometry_stride=8))
+    model = ESPNetv2SceneModel(ModelConfig(backbone="espnetv2", width=1.0, instance_stride=8, depth_stride=8))
     assert model.depth_decoder.classifier is model.depth_decoder.pyramid8.out
     out = outputs(model)
     assert out["instance_offsets"].shape == (2, 2, 64, 128)
@@ -80,7 +80,7 @@ def test_a_new_offset_scale_keeps_the_offsets_in_pixels(tmp_path: Path) -> None:
 
 def test_layers_of_another_shape_start_as_built_and_are_named(tmp_path: Path) -> None:
     before, _ = trained_checkpoint(tmp_path / "v3.pt", espnetv2_config())
-    config = espnetv2_config(geometry_stride=8)
+    config = espnetv2_config(instance_stride=8, depth_stride=8)
     model = build_model(config.model)
 
     fresh = start_from(tmp_path / "v3.pt", model, build_weighting_from_config(config.loss), config)
@@ -118,7 +118,8 @@ def test_a_checkpoint_of_another_backbone_or_strategy_is_refused(tmp_path: Path)
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ({"geometry_stride": 2}, "model.geometry_stride: must be 4 or 8"),
+        ({"instance_stride": 2}, "model.instance_stride: must be 4 or 8"),
+        ({"depth_stride": 16}, "model.depth_stride: must be 4 or 8"),
         ({"offset_scale": 0.0}, "model.offset_scale: must be positive"),
         ({"offset_scale": float("nan")}, "model.offset_scale: must be positive"),
     ],
