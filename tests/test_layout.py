@@ -23,13 +23,11 @@ MAX_FUNCTION_LINES = 60
 # pass. The lists only shrink: what is split leaves them, and nothing may join them.
 TOO_LONG_FILES: dict[str, int] = {
     "scene_contract/card.py": 424,
-    "training/config.py": 432,
     "training/data/render.py": 420,
     "training/data/scene.py": 452,
     "training/weighting.py": 414,
 }
 TOO_LONG_FUNCTIONS: dict[str, int] = {
-    "training/config.py:TrainConfig.validate": 110,
     "service/responses.py:ResponseEncoder.json": 76,
     "bench/model_speed.py:main": 96,
     "bench/peer.py:main": 97,
