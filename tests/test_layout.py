@@ -23,7 +23,6 @@ MAX_FUNCTION_LINES = 60
 # pass. The lists only shrink: what is split leaves them, and nothing may join them.
 TOO_LONG_FILES: dict[str, int] = {
     "scene_contract/card.py": 424,
-    "training/weighting.py": 414,
 }
 TOO_LONG_FUNCTIONS: dict[str, int] = {
     "service/responses.py:ResponseEncoder.json": 76,
