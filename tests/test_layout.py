@@ -22,7 +22,6 @@ MAX_FUNCTION_LINES = 60
 # Rooms still to be split, each with its size when it was listed, which it may not
 # pass. The lists only shrink: what is split leaves them, and nothing may join them.
 TOO_LONG_FILES: dict[str, int] = {
-    "scene_contract/card.py": 424,
 }
 TOO_LONG_FUNCTIONS: dict[str, int] = {
     "service/responses.py:ResponseEncoder.json": 76,
