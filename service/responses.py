@@ -15,6 +15,7 @@ import numpy.typing as npt
 
 from scene_contract import drawing
 from scene_contract.card import ModelCard
+from scene_contract.vocabulary import TIMING_KEYS
 from service import encoding
 from service.metrics import Stage
 from service.prediction import Prediction, PredictOptions, StageClock
@@ -195,12 +196,5 @@ def classes_present(
 
 def timings(clock: StageClock, started: float) -> Timings:
     """Per-stage milliseconds and the total since ``started`` (a ``time.perf_counter()``)."""
-    return Timings(
-        decode=clock.milliseconds(Stage.DECODE),
-        preprocess=clock.milliseconds(Stage.PREPROCESS),
-        queue=clock.milliseconds(Stage.QUEUE_WAIT),
-        inference=clock.milliseconds(Stage.INFERENCE),
-        postprocess=clock.milliseconds(Stage.POSTPROCESS),
-        encode=clock.milliseconds(Stage.ENCODE),
-        total=round((time.perf_counter() - started) * 1000, 3),
-    )
+    stages = {TIMING_KEYS[stage]: clock.milliseconds(stage) for stage in Stage}
+    return Timings(**stages, total=round((time.perf_counter() - started) * 1000, 3))
