@@ -16,7 +16,7 @@
    ``get_providers()[0]`` is recorded, and a provider that fell back to the CPU is
    reported as such, not timed as a GPU.
 4. Service benchmark: ``scene-serve`` on the GPU (fp32 file, CUDA then CPU)
-   against the naive server on CUDA, at 1 and 16 clients (`bench.peer`'s load
+   against the naive server on CUDA, at 1 and 16 clients (`bench.load`'s load
    generator), with the provider each server's model really ran on.
 
 Order: CUDA, the service, then TensorRT (its engine builds are what may run out of
@@ -46,6 +46,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bench import peer
+from bench.load import have_hey, load_with_hey, load_with_httpx
 from scene_contract.model import INPUT_NAME, OUTPUT_NAMES
 from service import runtime
 from service.settings import Settings
@@ -219,7 +220,7 @@ def service(models: dict[str, Path], dry_run: bool, clock: Clock) -> list[dict[s
     for name in peer.SERVERS:
         with peer.server(name, models["fp32"], 0, providers=providers) as base:
             used = peer.provider_in_use(name, base, payload)
-            load = peer.load_with_hey if peer.have_hey() else peer.load_with_httpx
+            load = load_with_hey if have_hey() else load_with_httpx
             load(base + "/predict", payload, 2, 8)
             for clients in (1, 2) if dry_run else (1, 16):
                 row: dict[str, Any] = {"server": name, "clients": clients, "provider_used": used}

@@ -94,7 +94,7 @@ def export_graphs(
             done.result()
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -117,18 +117,66 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.onnx is not None and args.checkpoint is None:
         parser.error("--onnx needs the --checkpoint it was exported from")
+    return parser, args
+
+
+def load_model(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> tuple[SceneNetwork, int, int, str]:
+    """The model the arguments name, its input height and width, and a line saying where it came from."""
     if args.checkpoint is not None:
         model, state = model_from_checkpoint(args.checkpoint)
         height, width = state["config"].data.height, state["config"].data.width
-        source = f"{args.checkpoint} (step {state['step']})"
-    elif args.smoke or args.config is not None:
+        return model, height, width, f"{args.checkpoint} (step {state['step']})"
+    if args.smoke or args.config is not None:
         config_path = args.config or REPO / "configs/smoke.yaml"
         config = load_config(config_path)
         torch.manual_seed(0)
         model = build_model(config.model).eval()
-        height, width, source = config.data.height, config.data.width, f"freshly built model of {config_path}"
-    else:
-        parser.error("give --checkpoint, --config or --smoke")
+        return model, config.data.height, config.data.width, f"freshly built model of {config_path}"
+    parser.error("give --checkpoint, --config or --smoke")
+
+
+def time_sessions(
+    sessions: dict[str, ort.InferenceSession], image: npt.NDArray[np.uint8], runs: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Per session, ``runs`` wall and CPU milliseconds per image, each the mean of 20 calls."""
+    timings: dict[str, list[float]] = {name: [] for name in sessions}
+    cpu_times: dict[str, list[float]] = {name: [] for name in sessions}
+    for s in sessions.values():
+        for _ in range(3):
+            s.run(None, {INPUT_NAME: image})
+    for _ in range(runs):
+        for name, s in sessions.items():
+            started, cpu_started = time.perf_counter(), time.process_time()
+            for _ in range(20):
+                s.run(None, {INPUT_NAME: image})
+            timings[name].append((time.perf_counter() - started) / 20 * 1000)
+            cpu_times[name].append((time.process_time() - cpu_started) / 20 * 1000)
+    return timings, cpu_times
+
+
+def print_speeds(
+    timings: dict[str, list[float]], cpu_times: dict[str, list[float]], shares: dict[str, dict[str, float]]
+) -> None:
+    """Each graph's median wall and CPU time, its speed-up over the class-axis graph, its top kernels."""
+    medians = {name: statistics.median(values) for name, values in timings.items()}
+    cpu = {name: statistics.median(values) for name, values in cpu_times.items()}
+    baseline = "class axis (before)"
+    for name, ms in medians.items():
+        runs = " / ".join(f"{v:.2f}" for v in timings[name])
+        print(
+            f"{name:>24}: {ms:6.2f} ms/image wall, {medians[baseline] / ms:.2f}x; "
+            f"{cpu[name]:6.2f} ms CPU, {cpu[baseline] / cpu[name]:.2f}x  (wall runs {runs})"
+        )
+        if name in shares:
+            top = ", ".join(f"{op} {100 * share:.0f}%" for op, share in list(shares[name].items())[:5])
+            print(f"{'':>24}  kernel time: {top}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser, args = parse_args(argv)
+    model, height, width, source = load_model(parser, args)
     if args.smoke:
         args.runs, args.profile_runs = 1, 2
     images = verification_images(height, width, scenes=4 if args.smoke else 30)
@@ -152,18 +200,7 @@ def main(argv: list[str] | None = None) -> None:
         confidence_diff = max(float(np.abs(b[1] - a[1]).max()) for b, a in zip(before, after, strict=True))
 
         image = images[-1:]
-        timings: dict[str, list[float]] = {name: [] for name in sessions}
-        cpu_times: dict[str, list[float]] = {name: [] for name in sessions}
-        for s in sessions.values():
-            for _ in range(3):
-                s.run(None, {INPUT_NAME: image})
-        for _ in range(args.runs):
-            for name, s in sessions.items():
-                started, cpu_started = time.perf_counter(), time.process_time()
-                for _ in range(20):
-                    s.run(None, {INPUT_NAME: image})
-                timings[name].append((time.perf_counter() - started) / 20 * 1000)
-                cpu_times[name].append((time.process_time() - cpu_started) / 20 * 1000)
+        timings, cpu_times = time_sessions(sessions, image, args.runs)
         shares = (
             {
                 name: kernel_shares(path, image, args.threads, args.profile_runs)
@@ -178,18 +215,7 @@ def main(argv: list[str] | None = None) -> None:
         f"labels differing: {labels_differ} of {sum(b[0].size for b in before)} pixels; "
         f"largest confidence difference {confidence_diff:.2e}"
     )
-    medians = {name: statistics.median(values) for name, values in timings.items()}
-    cpu = {name: statistics.median(values) for name, values in cpu_times.items()}
-    baseline = "class axis (before)"
-    for name, ms in medians.items():
-        runs = " / ".join(f"{v:.2f}" for v in timings[name])
-        print(
-            f"{name:>24}: {ms:6.2f} ms/image wall, {medians[baseline] / ms:.2f}x; "
-            f"{cpu[name]:6.2f} ms CPU, {cpu[baseline] / cpu[name]:.2f}x  (wall runs {runs})"
-        )
-        if name in shares:
-            top = ", ".join(f"{op} {100 * share:.0f}%" for op, share in list(shares[name].items())[:5])
-            print(f"{'':>24}  kernel time: {top}")
+    print_speeds(timings, cpu_times, shares)
 
 
 if __name__ == "__main__":

@@ -29,21 +29,17 @@ JPEG) to check the script works.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import dataclasses
 import io
 import json
 import os
 import platform
-import shutil
 import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,6 +49,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
+from bench.load import Load, Payload, Round, have_hey, load_with_hey, load_with_httpx
 from bench.service_latency import free_port, server_process
 from scene_contract.card import ModelCard
 from scene_contract.model import INPUT_NAME, METADATA_KEY
@@ -60,23 +57,6 @@ from training.data.procedural import ProceduralScenes
 
 SERVERS = ("scene-serve", "naive")
 REPO = Path(__file__).resolve().parents[1]
-
-
-@dataclass(frozen=True)
-class Payload:
-    name: str
-    media_type: str
-    data: bytes
-    requests: int
-
-
-@dataclass(frozen=True)
-class Round:
-    throughput_rps: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
-    cpu_ms_per_request: float | None = None
 
 
 @dataclass(frozen=True)
@@ -142,10 +122,6 @@ def model_only_p50(model: Path, png: bytes, threads: int, runs: int) -> float:
     return statistics.median(times)
 
 
-def have_hey() -> bool:
-    return shutil.which("hey") is not None
-
-
 @contextmanager
 def server(
     name: str,
@@ -185,7 +161,6 @@ def server(
 
 
 _PIDS: dict[str, int] = {}
-Load = Callable[[str, Payload, int, int], Round]
 
 
 def server_cpu_s(url: str) -> float | None:
@@ -221,64 +196,6 @@ def provider_in_use(name: str, base: str, payload: Payload) -> str:
     return str(body["model"]["execution_provider"] if name == "scene-serve" else body["provider"])
 
 
-def load_with_hey(url: str, payload: Payload, clients: int, requests: int) -> Round:
-    """One round with ``hey``: ``requests`` POSTs from ``clients`` concurrent workers.
-
-    Read from hey's per-request CSV (failed requests have no row, so errors are the
-    requests without a 200 row); req/s = answered requests / time to the last answer.
-    """
-    with tempfile.NamedTemporaryFile(suffix=".bin") as body:
-        body.write(payload.data)
-        body.flush()
-        command = ["hey", "-n", str(requests), "-c", str(clients), "-m", "POST", "-t", "120", "-o", "csv"]
-        result = subprocess.run(
-            [*command, "-T", payload.media_type, "-D", body.name, url],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=True,
-        )
-    rows = [line.split(",") for line in result.stdout.splitlines()[1:] if line.strip()]
-    latencies = [float(row[0]) * 1000 for row in rows if row[6] == "200"]
-    if not latencies:
-        raise RuntimeError(f"no request succeeded:\n{result.stdout[:2000]}{result.stderr[:2000]}")
-    wall = max(float(row[7]) + float(row[0]) for row in rows)
-    p50, p99 = np.percentile(latencies, [50, 99])
-    return Round(len(latencies) / wall, float(p50), float(p99), requests - len(latencies))
-
-
-async def _load_with_httpx(url: str, payload: Payload, clients: int, requests: int) -> Round:
-    latencies: list[float] = []
-    errors = 0
-    counter = iter(range(requests))
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    headers = {"Content-Type": payload.media_type}
-    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
-
-        async def one_client() -> None:
-            nonlocal errors
-            for _ in counter:
-                started = time.perf_counter()
-                try:
-                    response = await client.post(url, content=payload.data, headers=headers)
-                    await response.aread()
-                    errors += response.status_code != 200
-                except httpx.HTTPError:
-                    errors += 1
-                latencies.append((time.perf_counter() - started) * 1000)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(one_client() for _ in range(clients)))
-        wall = time.perf_counter() - started
-    p50, p99 = np.percentile(latencies, [50, 99])
-    return Round(len(latencies) / wall, float(p50), float(p99), errors)
-
-
-def load_with_httpx(url: str, payload: Payload, clients: int, requests: int) -> Round:
-    """One round with an asyncio httpx client, closed loop like ``hey``."""
-    return asyncio.run(_load_with_httpx(url, payload, clients, requests))
-
-
 def median_figure(server: str, payload: Payload, clients: int, rounds: list[Round]) -> Figure:
     return Figure(
         server=server,
@@ -297,7 +214,7 @@ def median_figure(server: str, payload: Payload, clients: int, rounds: list[Roun
     )
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -327,9 +244,45 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--smoke", action="store_true", help="a tiny run that checks the script works")
     args = parser.parse_args(argv)
-    models = {"scene-serve": args.model, "naive": args.naive_model or args.model}
     if args.smoke:
         args.clients, args.rounds, args.requests, args.jpeg_requests = [1, 2], 1, 4, 2
+    return args
+
+
+def measure_payload(
+    load: Load, urls: dict[str, str], payload: Payload, args: argparse.Namespace
+) -> list[Figure]:
+    """Every server under ``payload`` at each client count: the median of ``args.rounds`` rounds."""
+    names = list(urls)
+    figures: list[Figure] = []
+    for name in names:  # warm every server's code paths for this image
+        load(urls[name], payload, 2, 4)
+    for clients in args.clients:
+        # hey sends requests // clients per worker: keep it a whole multiple.
+        requests = max(payload.requests, 2 * clients) // clients * clients
+        rounds: dict[str, list[Round]] = {name: [] for name in names}
+        for index in range(args.rounds):
+            # Each round starts with another server, so drifting load spreads evenly.
+            for name in names[index % len(names) :] + names[: index % len(names)]:
+                rounds[name].append(measured_round(load, urls[name], payload, clients, requests))
+        row = {name: median_figure(name, payload, clients, rounds[name]) for name in names}
+        figures.extend(row.values())
+        ratio = row["scene-serve"].throughput_rps / row["naive"].throughput_rps
+        print(
+            f"{payload.name:>15} clients {clients:2}: "
+            + "   ".join(
+                f"{f.server} {f.throughput_rps:6.1f} req/s p50 {f.p50_ms:7.1f} "
+                f"p99 {f.p99_ms:7.1f} ms errors {f.errors} CPU {f.cpu_ms_per_request or 0:.1f} ms/req"
+                for f in row.values()
+            )
+            + f"   scene-serve/naive {ratio:.2f}x"
+        )
+    return figures
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    models = {"scene-serve": args.model, "naive": args.naive_model or args.model}
     generator = args.load_generator or ("hey" if have_hey() else "httpx")
     load = load_with_hey if generator == "hey" else load_with_httpx
     model_size = model_input_size(args.model)
@@ -355,30 +308,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.before is not None:
             before = server("scene-serve", args.model, args.threads, checkout=args.before.resolve())
             urls["scene-serve (before)"] = running.enter_context(before) + "/predict"
-        names = list(urls)
         for payload in images:
-            for name in names:  # warm every server's code paths for this image
-                load(urls[name], payload, 2, 4)
-            for clients in args.clients:
-                # hey sends requests // clients per worker: keep it a whole multiple.
-                requests = max(payload.requests, 2 * clients) // clients * clients
-                rounds: dict[str, list[Round]] = {name: [] for name in names}
-                for index in range(args.rounds):
-                    # Each round starts with another server, so drifting load spreads evenly.
-                    for name in names[index % len(names) :] + names[: index % len(names)]:
-                        rounds[name].append(measured_round(load, urls[name], payload, clients, requests))
-                row = {name: median_figure(name, payload, clients, rounds[name]) for name in names}
-                figures.extend(row.values())
-                ratio = row["scene-serve"].throughput_rps / row["naive"].throughput_rps
-                print(
-                    f"{payload.name:>15} clients {clients:2}: "
-                    + "   ".join(
-                        f"{f.server} {f.throughput_rps:6.1f} req/s p50 {f.p50_ms:7.1f} "
-                        f"p99 {f.p99_ms:7.1f} ms errors {f.errors} CPU {f.cpu_ms_per_request or 0:.1f} ms/req"
-                        for f in row.values()
-                    )
-                    + f"   scene-serve/naive {ratio:.2f}x"
-                )
+            figures += measure_payload(load, urls, payload, args)
     ours_single = next(f for f in figures if f.server == "scene-serve" and f.clients == min(args.clients))
     overhead = ours_single.p50_ms / baseline
     print(f"service overhead: {overhead:.2f}x (scene-serve p50 at 1 client / model-only p50)")

@@ -27,6 +27,7 @@ from typing import Any
 from fastapi.encoders import jsonable_encoder
 
 from bench import peer
+from bench.load import Payload
 from service.batching import MicroBatcher
 from service.imaging import decode_upload, preprocess
 from service.limits import choose_map_size
@@ -46,7 +47,7 @@ def cpu_ms(work: Callable[[], Any], runs: int) -> tuple[float, Any]:
     return statistics.median(times), result
 
 
-def measure(pipeline: Pipeline, settings: Settings, payload: peer.Payload, runs: int) -> dict[str, float]:
+def measure(pipeline: Pipeline, settings: Settings, payload: Payload, runs: int) -> dict[str, float]:
     runtime, options = pipeline.runtime, PredictOptions()
     stages: dict[str, float] = {}
     decode_ms, (image, size) = cpu_ms(

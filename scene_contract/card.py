@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
+from scene_contract.card_reading import CardObject
+from scene_contract.card_reading import ModelCardError as ModelCardError
 from scene_contract.model import (
     CARD_SCHEMA,
     DEFAULT_RESIZE,
@@ -37,51 +39,6 @@ from scene_contract.model import (
 # exporter wrote one from the other in float64 (earlier ones s = 2 log σ, this one
 # σ = exp(s / 2)), so they agree to rounding and any real difference is a corrupted card.
 SIGMA_TOLERANCE = 1e-9
-
-
-class ModelCardError(ValueError):
-    """The model card is missing, or a field is missing or malformed; the message names it."""
-
-
-class _Object:
-    """One JSON object of the card being read, with its path for error messages."""
-
-    _REQUIRED: Any = object()
-
-    def __init__(self, value: dict[str, Any], path: str) -> None:
-        self.value = value
-        self.path = path  # "" for the card itself
-
-    def where(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = _REQUIRED) -> Any:
-        """The value at ``key`` if it is a ``kind`` (a bool is never an int or a float)."""
-        if key not in self.value:
-            if default is _Object._REQUIRED:
-                raise ModelCardError(f"model card lacks {self.where(key)}")
-            return default
-        node = self.value[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if not isinstance(node, kinds) or (bool not in kinds and isinstance(node, bool)):
-            raise ModelCardError(f"model card field {self.where(key)} has the wrong type: {node!r}")
-        return node
-
-    def flag(self, key: str, default: Any = _REQUIRED) -> Any:
-        """A true/false field (``default`` when absent and a default is given)."""
-        if key in self.value and not isinstance(self.value[key], bool):
-            raise ModelCardError(
-                f"model card {self.where(key)} must be true or false, got {self.value[key]!r}"
-            )
-        return self.get(key, bool, default)
-
-    def child(self, key: str) -> _Object:
-        return _Object(self.get(key, dict), self.where(key))
-
-    def strings(self, key: str) -> dict[str, str]:
-        """A JSON object of strings, e.g. ``versions``."""
-        node = self.child(key)
-        return {name: node.get(name, str) for name in node.value}
 
 
 @dataclass(frozen=True)
@@ -122,7 +79,7 @@ class InputSpec:
         }
 
     @classmethod
-    def _read(cls, node: _Object) -> InputSpec:
+    def _read(cls, node: CardObject) -> InputSpec:
         resize = node.get("resize", str, DEFAULT_RESIZE)
         if resize not in RESIZE_FILTERS:
             raise ModelCardError(
@@ -216,7 +173,7 @@ class TaskUncertainty:
         return {"sigma": self.sigma, "log_variance": self.log_variance, "learned": self.learned}
 
     @classmethod
-    def _read(cls, node: _Object) -> TaskUncertainty:
+    def _read(cls, node: CardObject) -> TaskUncertainty:
         log_variance = float(node.get("log_variance", (int, float)))
         if not math.isfinite(log_variance):
             raise ModelCardError(
@@ -251,7 +208,7 @@ class PretrainedWeights:
         return entry
 
     @classmethod
-    def _read(cls, node: _Object) -> PretrainedWeights:
+    def _read(cls, node: CardObject) -> PretrainedWeights:
         return cls(
             sha256=node.get("sha256", str),
             name=node.get("name", str),
@@ -294,7 +251,7 @@ class TrainingInfo:
         return entry
 
     @classmethod
-    def _read(cls, node: _Object) -> TrainingInfo:
+    def _read(cls, node: CardObject) -> TrainingInfo:
         resolution = node.get("resolution", list)
         if len(resolution) != 2 or not all(
             isinstance(v, int) and not isinstance(v, bool) for v in resolution
@@ -402,7 +359,7 @@ class ModelCard:
             raise ModelCardError(f"{METADATA_KEY} must be a JSON object")
         if raw.get("schema") != CARD_SCHEMA:
             raise ModelCardError(f"model card schema {raw.get('schema')!r}, expected {CARD_SCHEMA!r}")
-        card = _Object(raw, "")
+        card = CardObject(raw, "")
         uncertainty = card.child("task_uncertainty")
         pretrained = card.get("pretrained", (dict, type(None)), None)
         return cls(

@@ -54,7 +54,10 @@ MAX_IR_VERSION = 10  # what every onnxruntime release since 1.16 loads
 # Next to the model file, a folder of PNGs at the input size for people to try the model
 # on (scene-export writes them; the service's demo page serves them).
 SAMPLES_DIR = "samples"
-# How images are brought to the card's input size. Cards written before the field
-# existed were all trained on bilinear resizes.
-RESIZE_FILTERS: tuple[str, ...] = ("bilinear", "nearest")
-DEFAULT_RESIZE = "bilinear"
+# How images are brought to the card's input size, each filter named as Pillow names it
+# (in lower case), so either side resizes with ``Image.Resampling[name.upper()]``. Cards
+# written before the field existed were all trained on bilinear resizes.
+BILINEAR = "bilinear"
+NEAREST = "nearest"
+RESIZE_FILTERS: tuple[str, ...] = (BILINEAR, NEAREST)
+DEFAULT_RESIZE = BILINEAR

@@ -22,7 +22,6 @@ from service.errors import CorruptImageError, ServiceError, TooManyPixelsError, 
 
 ACCEPTED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP")
 _SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
-_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST}
 RGBImage = npt.NDArray[np.uint8]
 _EXIF_ORIENTATION = 0x0112
 # Requests run side by side, each in its own thread; OpenCV's own pool would only
@@ -127,7 +126,7 @@ def preprocess(image: RGBImage, size: tuple[int, int], resize: str = DEFAULT_RES
     height, width = size
     if image.shape[:2] == (height, width):
         return image
-    resized = Image.fromarray(image).resize((width, height), _FILTERS[resize])
+    resized = Image.fromarray(image).resize((width, height), Image.Resampling[resize.upper()])
     return np.asarray(resized, dtype=np.uint8)
 
 

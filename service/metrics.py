@@ -32,6 +32,8 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from scene_contract import vocabulary
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -39,12 +41,12 @@ class Stage(StrEnum):
     """The stages of a /predict request, in order: each is timed under its name, the
     ``stage`` label of `STAGE_LATENCY` and an entry of ``Server-Timing``."""
 
-    DECODE = "decode"
-    PREPROCESS = "preprocess"
-    QUEUE_WAIT = "queue_wait"
-    INFERENCE = "inference"
-    POSTPROCESS = "postprocess"
-    ENCODE = "encode"
+    DECODE = vocabulary.DECODE_STAGE
+    PREPROCESS = vocabulary.PREPROCESS_STAGE
+    QUEUE_WAIT = vocabulary.QUEUE_WAIT_STAGE
+    INFERENCE = vocabulary.INFERENCE_STAGE
+    POSTPROCESS = vocabulary.POSTPROCESS_STAGE
+    ENCODE = vocabulary.ENCODE_STAGE
 
 
 STAGES: tuple[str, ...] = tuple(stage.value for stage in Stage)

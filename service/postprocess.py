@@ -36,7 +36,10 @@ from service.peaks import peak_centres
 from service.votes import FloatArray, IntArray, Votes, thing_votes
 
 METHODS: tuple[str, ...] = ("peaks", "optics")
-REFERENCE_AREA = 128 * 256  # the training resolution the count defaults are tuned for
+# min_votes and min_pixels are given for an image of this area (128 x 256 pixels) and
+# scaled by an image's area relative to it. A property of those numbers, not of a model:
+# a model with another input size keeps the same counts per pixel.
+COUNTS_AREA = 128 * 256
 _ASSIGN_CHUNK = 65536  # pixels per block of the pixel x centre distance matrix, to bound memory
 
 
@@ -104,7 +107,7 @@ def group_instances(
     height, width = semantic.shape
     if offsets.shape != (2, height, width):
         raise ValueError(f"offsets must be [2, {height}, {width}], got shape {offsets.shape}")
-    area_scale = height * width / REFERENCE_AREA
+    area_scale = height * width / COUNTS_AREA
     scaled_min_votes = max(1.0, min_votes * area_scale)
     scaled_min_pixels = max(1.0, min_pixels * area_scale)
 

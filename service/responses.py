@@ -15,6 +15,7 @@ import numpy.typing as npt
 
 from scene_contract import drawing
 from scene_contract.card import ModelCard
+from scene_contract.vocabulary import TIMING_KEYS
 from service import encoding
 from service.metrics import Stage
 from service.prediction import Prediction, PredictOptions, StageClock
@@ -57,65 +58,10 @@ class ResponseEncoder:
         card = self.card
         clock = prediction.clock
         with clock.stage(Stage.ENCODE):
-            semantic = depth = instances = overlay = None
-            if prediction.semantic_confidence is not None:
-                semantic = SemanticResult(
-                    png=encoding.to_base64(encoding.semantic_png(prediction.semantic)),
-                    classes=classes_present(prediction.semantic, prediction.semantic_confidence, card),
-                )
-            if prediction.instance_map is not None and RequestedOutput.instances in options.outputs:
-                instances = InstancesResult(
-                    items=[
-                        InstanceItem(
-                            id=item.id,
-                            class_name=card.class_names.get(item.class_id, f"train id {item.class_id}"),
-                            class_id=item.class_id,
-                            pixel_count=item.pixel_count,
-                            bbox=item.bbox,
-                            centroid=item.centroid,
-                        )
-                        for item in prediction.instances
-                    ],
-                    png=encoding.to_base64(encoding.instance_png(prediction.instance_map)),
-                )
-            if prediction.inverse_depth is not None:
-                png, scale = encoding.depth_png(prediction.inverse_depth)
-                depth = DepthResult(
-                    png=encoding.to_base64(png),
-                    scale_to_metres=scale.scale_to_metres,
-                    min_m=scale.min_m,
-                    max_m=scale.max_m,
-                    sky_value=scale.sky_value,
-                    invalid_value=scale.invalid_value,
-                    beyond_range=scale.beyond_range,
-                )
-            if options.overlay and prediction.image is not None:
-                overlay = OverlayResult(
-                    png=encoding.to_base64(
-                        encoding.overlay_png(
-                            prediction.image,
-                            prediction.semantic,
-                            prediction.instance_map,
-                            self.palette,
-                            options.overlay_alpha,
-                        )
-                    ),
-                    instances_png=(
-                        encoding.to_base64(
-                            encoding.instances_overlay_png(
-                                prediction.image, prediction.instance_map, options.overlay_alpha
-                            )
-                        )
-                        if prediction.instance_map is not None
-                        and RequestedOutput.instances in options.outputs
-                        else None
-                    ),
-                    depth_png=(
-                        encoding.to_base64(encoding.depth_color_png(prediction.inverse_depth))
-                        if prediction.inverse_depth is not None
-                        else None
-                    ),
-                )
+            semantic = self._semantic(prediction)
+            instances = self._instances(prediction) if _wants_instances(prediction, options) else None
+            depth = self._depth(prediction)
+            overlay = self._overlay(prediction, options) if options.overlay else None
         return PredictResponse(
             model=ModelInfo(name=card.name, version=card.version, execution_provider=self.provider),
             task_uncertainty=card.task_uncertainty,
@@ -128,6 +74,66 @@ class ResponseEncoder:
             depth=depth,
             overlay=overlay,
             timings_ms=timings(clock, started),
+        )
+
+    def _semantic(self, prediction: Prediction) -> SemanticResult | None:
+        if prediction.semantic_confidence is None:
+            return None
+        return SemanticResult(
+            png=encoding.to_base64(encoding.semantic_png(prediction.semantic)),
+            classes=classes_present(prediction.semantic, prediction.semantic_confidence, self.card),
+        )
+
+    def _instances(self, prediction: Prediction) -> InstancesResult:
+        assert prediction.instance_map is not None
+        names = self.card.class_names
+        return InstancesResult(
+            items=[
+                InstanceItem(
+                    id=item.id,
+                    class_name=names.get(item.class_id, f"train id {item.class_id}"),
+                    class_id=item.class_id,
+                    pixel_count=item.pixel_count,
+                    bbox=item.bbox,
+                    centroid=item.centroid,
+                )
+                for item in prediction.instances
+            ],
+            png=encoding.to_base64(encoding.instance_png(prediction.instance_map)),
+        )
+
+    def _depth(self, prediction: Prediction) -> DepthResult | None:
+        if prediction.inverse_depth is None:
+            return None
+        png, scale = encoding.depth_png(prediction.inverse_depth)
+        return DepthResult(
+            png=encoding.to_base64(png),
+            scale_to_metres=scale.scale_to_metres,
+            min_m=scale.min_m,
+            max_m=scale.max_m,
+            sky_value=scale.sky_value,
+            invalid_value=scale.invalid_value,
+            beyond_range=scale.beyond_range,
+        )
+
+    def _overlay(self, prediction: Prediction, options: PredictOptions) -> OverlayResult | None:
+        """The image under the semantic colours, and under the instances and depth where asked for."""
+        image = prediction.image
+        if image is None:
+            return None
+        alpha = options.overlay_alpha
+        overlay = encoding.overlay_png(
+            image, prediction.semantic, prediction.instance_map, self.palette, alpha
+        )
+        instance_map = prediction.instance_map if _wants_instances(prediction, options) else None
+        instances_png = None
+        if instance_map is not None:
+            instances_png = encoding.to_base64(encoding.instances_overlay_png(image, instance_map, alpha))
+        depth_png = None
+        if prediction.inverse_depth is not None:
+            depth_png = encoding.to_base64(encoding.depth_color_png(prediction.inverse_depth))
+        return OverlayResult(
+            png=encoding.to_base64(overlay), instances_png=instances_png, depth_png=depth_png
         )
 
     def npz(self, prediction: Prediction) -> bytes:
@@ -163,6 +169,11 @@ class ResponseEncoder:
         return buffer.getvalue()
 
 
+def _wants_instances(prediction: Prediction, options: PredictOptions) -> bool:
+    """Whether the body carries instances: the prediction grouped them and the request asked."""
+    return prediction.instance_map is not None and RequestedOutput.instances in options.outputs
+
+
 def classes_present(
     semantic: npt.NDArray[np.uint8], confidence: npt.NDArray[np.float32], card: ModelCard
 ) -> list[ClassPresence]:
@@ -185,12 +196,5 @@ def classes_present(
 
 def timings(clock: StageClock, started: float) -> Timings:
     """Per-stage milliseconds and the total since ``started`` (a ``time.perf_counter()``)."""
-    return Timings(
-        decode=clock.milliseconds(Stage.DECODE),
-        preprocess=clock.milliseconds(Stage.PREPROCESS),
-        queue=clock.milliseconds(Stage.QUEUE_WAIT),
-        inference=clock.milliseconds(Stage.INFERENCE),
-        postprocess=clock.milliseconds(Stage.POSTPROCESS),
-        encode=clock.milliseconds(Stage.ENCODE),
-        total=round((time.perf_counter() - started) * 1000, 3),
-    )
+    stages = {TIMING_KEYS[stage]: clock.milliseconds(stage) for stage in Stage}
+    return Timings(**stages, total=round((time.perf_counter() - started) * 1000, 3))

@@ -9,14 +9,15 @@ from typing import Annotated, Any, Literal, get_type_hints
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, create_model
 
 from scene_contract.card import TaskUncertainty, TaskUncertaintyJSON
+from scene_contract.vocabulary import DEPTH_OUTPUT, INSTANCES_OUTPUT, SEMANTIC_OUTPUT
 
 
 class RequestedOutput(StrEnum):
     """What a /predict client can ask for with ``outputs=``."""
 
-    semantic = "semantic"
-    instances = "instances"
-    depth = "depth"
+    semantic = SEMANTIC_OUTPUT
+    instances = INSTANCES_OUTPUT
+    depth = DEPTH_OUTPUT
 
 
 class Resolution(StrEnum):
@@ -145,7 +146,8 @@ class MapSize(BaseModel):
 
 
 class Timings(BaseModel):
-    """Milliseconds spent in each stage; ``total`` also covers reading the body."""
+    """Milliseconds spent in each stage, keyed as `scene_contract.vocabulary.TIMING_KEYS`
+    says; ``total`` also covers reading the body."""
 
     decode: float
     preprocess: float

@@ -6,11 +6,8 @@ rebuild the model from the checkpoint alone.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-import types
-import typing
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,15 +17,13 @@ import yaml
 
 from scene_contract.model import TASKS
 from training.class_weights import CLASS_WEIGHTINGS
+from training.config_data import ConfigError as ConfigError
+from training.config_data import apply_override, build_dataclass
 from training.data.pseudo_depth import GroundCamera
 from training.espnetv2 import WIDTHS
 from training.model import BACKBONE_NAMES, ESPNETV2, ModelConfig
 
 DATA_SOURCES: tuple[str, ...] = ("procedural", "camvid", "cityscapes", "disk")
-
-
-class ConfigError(ValueError):
-    """A configuration file or override is invalid; the message names the key."""
 
 
 @dataclass
@@ -215,116 +210,140 @@ class TrainConfig:
     max_minutes: float | None = None
 
     def validate(self) -> None:
-        positive = {
-            "steps": self.steps,
-            "batch_size": self.batch_size,
-            "log_every": self.log_every,
-            "data.height": self.data.height,
-            "data.width": self.data.width,
-            "data.train_count": self.data.train_count,
-            "data.val_count": self.data.val_count,
-            "optim.lr": self.optim.lr,
-            "model.aspp_channels": self.model.aspp_channels,
-            "model.decoder_channels": self.model.decoder_channels,
-        }
-        for key, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"{key}: must be positive, got {value}")
-        for key, value in {"eval_every": self.eval_every, "checkpoint_every": self.checkpoint_every}.items():
-            if value < 0:
-                raise ConfigError(f"{key}: must be >= 0 (0 = never), got {value}")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise ConfigError(f"max_minutes: must be positive or null, got {self.max_minutes}")
-        if self.stop_at is not None and not 0 < self.stop_at <= self.steps:
-            raise ConfigError(f"stop_at: must be between 1 and steps={self.steps}, got {self.stop_at}")
-        if self.model.backbone not in BACKBONE_NAMES:
-            raise ConfigError(
-                f"model.backbone: unknown backbone {self.model.backbone!r}; "
-                f"valid: {', '.join(BACKBONE_NAMES)}"
-            )
-        if self.model.backbone == ESPNETV2 and self.model.width not in WIDTHS:
-            raise ConfigError(
-                f"model.width: ESPNetv2 comes in widths {sorted(WIDTHS)}, got {self.model.width}"
-            )
-        for name in ("instance_stride", "depth_stride"):
-            if getattr(self.model, name) not in (4, 8):
-                raise ConfigError(f"model.{name}: must be 4 or 8, got {getattr(self.model, name)}")
-        if not (math.isfinite(self.model.offset_scale) and self.model.offset_scale > 0):
-            raise ConfigError(f"model.offset_scale: must be positive, got {self.model.offset_scale}")
-        if self.data.source not in DATA_SOURCES:
-            raise ConfigError(
-                f"data.source: unknown source {self.data.source!r}; valid: {', '.join(DATA_SOURCES)}"
-            )
-        for name, share in self.data.mix.items():
-            if name not in DATA_SOURCES:
-                raise ConfigError(f"data.mix.{name}: unknown source; valid: {', '.join(DATA_SOURCES)}")
-            if not (math.isfinite(share) and share > 0):
-                raise ConfigError(f"data.mix.{name}: share must be positive, got {share}")
-        if self.data.mix and self.data.source not in self.data.mix:
-            raise ConfigError(
-                f"data.source: {self.data.source!r} (validated on) must be one of data.mix's sources "
-                f"({', '.join(self.data.mix)})"
-            )
-        sources = self.data.sources()
-        if "cityscapes" in sources and not self.data.root:
-            raise ConfigError("data.root: required when data.source is cityscapes")
-        if "disk" in sources and not self.data.disk_root:
-            raise ConfigError(
-                "data.disk_root: required when data.source is disk (a folder with train/ and val/ "
-                "written by scene-data render)"
-            )
-        if len(sources) > 1 and min(sources.values()) * self.batch_size < 0.5:
-            raise ConfigError(
-                f"data.mix: batch_size={self.batch_size} is too small to give every source a sample "
-                f"(shares {sources})"
-            )
-        if len(self.data.scale_range) != 2 or not 0 < self.data.scale_range[0] <= self.data.scale_range[1]:
-            raise ConfigError(
-                f"data.scale_range: expected [low, high] with 0 < low <= high, got {self.data.scale_range}"
-            )
-        if self.loss.class_weighting not in CLASS_WEIGHTINGS:
-            raise ConfigError(
-                f"loss.class_weighting: {self.loss.class_weighting!r} is not one of "
-                f"{', '.join(CLASS_WEIGHTINGS)}"
-            )
-        if self.loss.class_weighting != "none" and "camvid" not in sources:
-            raise ConfigError(
-                "loss.class_weighting: the weights are counted on CamVid; add camvid to data.mix"
-            )
-        crop = self.data.crop
-        if crop is not None and (
-            len(crop) != 2 or not (0 < crop[0] <= self.data.height and 0 < crop[1] <= self.data.width)
-        ):
-            raise ConfigError(
-                f"data.crop: expected [height, width] within the training size "
-                f"{self.data.height}x{self.data.width}, got {crop}"
-            )
-        depth = self.data.pseudo_depth
-        if not 0 < depth.horizon < 1 or depth.focal_ratio <= 0 or depth.camera_height_m <= 0:
-            raise ConfigError(
-                "data.pseudo_depth: horizon must lie in (0, 1), focal_ratio and camera_height_m be positive"
-            )
-        if not 0 <= self.data.color_jitter < 1:
-            raise ConfigError(f"data.color_jitter: must lie in [0, 1), got {self.data.color_jitter}")
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise ConfigError(f"device: expected auto, cpu or cuda[:N], got {self.device!r}")
-        if self.data.workers < 0:
-            raise ConfigError(f"data.workers: must be >= 0, got {self.data.workers}")
-        if self.optim.name not in OPTIMIZERS:
-            raise ConfigError(
-                f"optim.name: unknown optimiser {self.optim.name!r}; valid: {', '.join(OPTIMIZERS)}"
-            )
-        optional: dict[str, float | None] = {
-            "optim.log_variance_lr": self.optim.log_variance_lr,
-            "optim.grad_clip_norm": self.optim.grad_clip_norm,
-            "optim.log_variance_grad_clip": self.optim.log_variance_grad_clip,
-        }
-        for name, rate in optional.items():
-            if rate is not None and rate <= 0:
-                raise ConfigError(f"{name}: must be positive or null, got {rate}")
-        weights = self.model.backbone_weights
-        if weights and not Path(weights).is_file():
-            raise ConfigError(f"model.backbone_weights: {weights} not found")
+        """Check every section; the first `ConfigError` names its key."""
+        _check_run(self)
+        _check_model(self.model)
+        _check_data(self.data, self.batch_size)
+        _check_loss(self.loss, self.data.sources())
+        _check_optim(self.optim)
+
+
+def _check_run(config: TrainConfig) -> None:
+    """The top-level keys: counts, schedule, stopping points and device."""
+    for key, value in {
+        "steps": config.steps,
+        "batch_size": config.batch_size,
+        "log_every": config.log_every,
+    }.items():
+        if value <= 0:
+            raise ConfigError(f"{key}: must be positive, got {value}")
+    for key, value in {"eval_every": config.eval_every, "checkpoint_every": config.checkpoint_every}.items():
+        if value < 0:
+            raise ConfigError(f"{key}: must be >= 0 (0 = never), got {value}")
+    if config.max_minutes is not None and config.max_minutes <= 0:
+        raise ConfigError(f"max_minutes: must be positive or null, got {config.max_minutes}")
+    if config.stop_at is not None and not 0 < config.stop_at <= config.steps:
+        raise ConfigError(f"stop_at: must be between 1 and steps={config.steps}, got {config.stop_at}")
+    if config.device not in ("auto", "cpu") and not config.device.startswith("cuda"):
+        raise ConfigError(f"device: expected auto, cpu or cuda[:N], got {config.device!r}")
+
+
+def _check_model(model: ModelConfig) -> None:
+    for key, value in {
+        "model.aspp_channels": model.aspp_channels,
+        "model.decoder_channels": model.decoder_channels,
+    }.items():
+        if value <= 0:
+            raise ConfigError(f"{key}: must be positive, got {value}")
+    if model.backbone not in BACKBONE_NAMES:
+        raise ConfigError(
+            f"model.backbone: unknown backbone {model.backbone!r}; valid: {', '.join(BACKBONE_NAMES)}"
+        )
+    if model.backbone == ESPNETV2 and model.width not in WIDTHS:
+        raise ConfigError(f"model.width: ESPNetv2 comes in widths {sorted(WIDTHS)}, got {model.width}")
+    for name in ("instance_stride", "depth_stride"):
+        if getattr(model, name) not in (4, 8):
+            raise ConfigError(f"model.{name}: must be 4 or 8, got {getattr(model, name)}")
+    if not (math.isfinite(model.offset_scale) and model.offset_scale > 0):
+        raise ConfigError(f"model.offset_scale: must be positive, got {model.offset_scale}")
+    if model.backbone_weights and not Path(model.backbone_weights).is_file():
+        raise ConfigError(f"model.backbone_weights: {model.backbone_weights} not found")
+
+
+def _check_data(data: DataConfig, batch_size: int) -> None:
+    """The sources and their mix first, then sizes and augmentation."""
+    _check_sources(data, batch_size)
+    for key, value in {
+        "data.height": data.height,
+        "data.width": data.width,
+        "data.train_count": data.train_count,
+        "data.val_count": data.val_count,
+    }.items():
+        if value <= 0:
+            raise ConfigError(f"{key}: must be positive, got {value}")
+    if len(data.scale_range) != 2 or not 0 < data.scale_range[0] <= data.scale_range[1]:
+        raise ConfigError(
+            f"data.scale_range: expected [low, high] with 0 < low <= high, got {data.scale_range}"
+        )
+    crop = data.crop
+    if crop is not None and (
+        len(crop) != 2 or not (0 < crop[0] <= data.height and 0 < crop[1] <= data.width)
+    ):
+        raise ConfigError(
+            f"data.crop: expected [height, width] within the training size "
+            f"{data.height}x{data.width}, got {crop}"
+        )
+    depth = data.pseudo_depth
+    if not 0 < depth.horizon < 1 or depth.focal_ratio <= 0 or depth.camera_height_m <= 0:
+        raise ConfigError(
+            "data.pseudo_depth: horizon must lie in (0, 1), focal_ratio and camera_height_m be positive"
+        )
+    if not 0 <= data.color_jitter < 1:
+        raise ConfigError(f"data.color_jitter: must lie in [0, 1), got {data.color_jitter}")
+    if data.workers < 0:
+        raise ConfigError(f"data.workers: must be >= 0, got {data.workers}")
+
+
+def _check_sources(data: DataConfig, batch_size: int) -> None:
+    if data.source not in DATA_SOURCES:
+        raise ConfigError(f"data.source: unknown source {data.source!r}; valid: {', '.join(DATA_SOURCES)}")
+    for name, share in data.mix.items():
+        if name not in DATA_SOURCES:
+            raise ConfigError(f"data.mix.{name}: unknown source; valid: {', '.join(DATA_SOURCES)}")
+        if not (math.isfinite(share) and share > 0):
+            raise ConfigError(f"data.mix.{name}: share must be positive, got {share}")
+    if data.mix and data.source not in data.mix:
+        raise ConfigError(
+            f"data.source: {data.source!r} (validated on) must be one of data.mix's sources "
+            f"({', '.join(data.mix)})"
+        )
+    sources = data.sources()
+    if "cityscapes" in sources and not data.root:
+        raise ConfigError("data.root: required when data.source is cityscapes")
+    if "disk" in sources and not data.disk_root:
+        raise ConfigError(
+            "data.disk_root: required when data.source is disk (a folder with train/ and val/ "
+            "written by scene-data render)"
+        )
+    if len(sources) > 1 and min(sources.values()) * batch_size < 0.5:
+        raise ConfigError(
+            f"data.mix: batch_size={batch_size} is too small to give every source a sample (shares {sources})"
+        )
+
+
+def _check_loss(loss: LossConfig, sources: dict[str, float]) -> None:
+    """``sources``: the data's sources, as the class weights are counted on one of them."""
+    if loss.class_weighting not in CLASS_WEIGHTINGS:
+        raise ConfigError(
+            f"loss.class_weighting: {loss.class_weighting!r} is not one of {', '.join(CLASS_WEIGHTINGS)}"
+        )
+    if loss.class_weighting != "none" and "camvid" not in sources:
+        raise ConfigError("loss.class_weighting: the weights are counted on CamVid; add camvid to data.mix")
+
+
+def _check_optim(optim: OptimConfig) -> None:
+    if optim.lr <= 0:
+        raise ConfigError(f"optim.lr: must be positive, got {optim.lr}")
+    if optim.name not in OPTIMIZERS:
+        raise ConfigError(f"optim.name: unknown optimiser {optim.name!r}; valid: {', '.join(OPTIMIZERS)}")
+    optional: dict[str, float | None] = {
+        "optim.log_variance_lr": optim.log_variance_lr,
+        "optim.grad_clip_norm": optim.grad_clip_norm,
+        "optim.log_variance_grad_clip": optim.log_variance_grad_clip,
+    }
+    for name, rate in optional.items():
+        if rate is not None and rate <= 0:
+            raise ConfigError(f"{name}: must be positive or null, got {rate}")
 
 
 def to_dict(config: TrainConfig) -> dict[str, Any]:
@@ -333,7 +352,7 @@ def to_dict(config: TrainConfig) -> dict[str, Any]:
 
 def from_dict(data: dict[str, Any]) -> TrainConfig:
     """Build a `TrainConfig` from plain data, checking every key and type."""
-    config = _build(TrainConfig, data, "")
+    config = build_dataclass(TrainConfig, data, "")
     assert isinstance(config, TrainConfig)
     config.validate()
     return config
@@ -359,75 +378,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Train
             raise ConfigError(f"--config: {path} must hold a mapping at the top level")
         data = loaded or {}
     # Start overrides from the complete config, so a dotted key into a mapping edits one entry.
-    data = to_dict(_build(TrainConfig, data, ""))
+    data = to_dict(build_dataclass(TrainConfig, data, ""))
     for override in overrides:
-        key, sep, raw = override.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {override!r}: expected key=value, e.g. optim.lr=0.01")
-        try:
-            value = yaml.safe_load(raw) if raw else None
-        except yaml.YAMLError:
-            value = raw
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {override!r}: {part} is not a section")
-            node = child
-        node[parts[-1]] = value
+        apply_override(data, override)
     return from_dict(data)
-
-
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in data if k not in names]
-    if unknown:
-        raise ConfigError(f"{prefix}{unknown[0]}: unknown key; valid keys here: {', '.join(names)}")
-    kwargs = {name: _coerce(hints[name], data[name], f"{prefix}{name}") for name in names if name in data}
-    return cls(**kwargs)
-
-
-def _coerce(hint: Any, value: Any, key: str) -> Any:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-        return _build(hint, value, key + ".")
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, key)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return {str(k): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, str):
-            # YAML 1.1 reads 1e-3 (no dot) as a string; it is a number to anyone writing it.
-            try:
-                return float(value)
-            except ValueError:
-                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return str(value)
-    raise ConfigError(f"{key}: unsupported type {hint!r}")

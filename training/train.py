@@ -6,15 +6,17 @@
 The run directory receives ``log.csv`` (losses, σ and learning rate per logged step),
 ``last.pt`` (the latest checkpoint; ``resume=PATH`` continues from any checkpoint),
 ``metrics.json`` (final validation metrics) and ``sigma.png`` (σ per task over steps).
+
+This module is the recipe; where the process runs is `training.placement`, the
+optimiser and its schedule `training.optimization`, and what the run writes as it goes
+`training.run_log`.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
-import os
 import sys
 import time
 from contextlib import nullcontext
@@ -32,7 +34,7 @@ from tqdm import tqdm
 from scene_contract.model import TASKS
 from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, start_from
 from training.class_weights import class_weights, pixel_counts
-from training.config import ConfigError, OptimConfig, TrainConfig, load_config
+from training.config import ConfigError, TrainConfig, load_config
 from training.data.camvid import CamVidScenes
 from training.data.classes import CLASSES
 from training.data.sample import DataConfigError
@@ -46,38 +48,14 @@ from training.dataset import (
 from training.evaluate import evaluate
 from training.losses import labelled_tasks, task_losses
 from training.model import SceneNetwork, build_model
+from training.optimization import apply_optim_settings, poly_lr
+from training.optimization import build_optimizer as build_optimizer
+from training.optimization import clip_gradients as clip_gradients
+from training.placement import Placement, out_of_time
+from training.placement import setup_placement as setup_placement
+from training.run_log import LOG_COLUMNS as LOG_COLUMNS
+from training.run_log import RunLog, append_eval, log_step, plot_sigma
 from training.weighting import LossWeighting, NonFiniteLossError, build_weighting_from_config, check_finite
-
-LOG_COLUMNS = (
-    "step",
-    "lr",
-    "loss_total",
-    *(f"loss_{t}" for t in TASKS),
-    *(f"sigma_{t}" for t in TASKS),
-    *(f"weight_{t}" for t in TASKS),
-    "images_per_s",
-    # The network's gradient norm before clipping, at the logged step, and how many steps
-    # since the previous row had it above optim.grad_clip_norm (so were clipped).
-    "grad_norm",
-    "clipped_steps",
-)
-
-
-@dataclass
-class Placement:
-    """Where this training process runs: its rank among ``world_size`` and its device."""
-
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def on_cuda(self) -> bool:
-        return self.device.type == "cuda"
 
 
 class Objective(nn.Module):
@@ -103,92 +81,6 @@ class Objective(nn.Module):
         tasks = self.weighting.tasks
         total, _ = self.weighting({t: losses[t] for t in tasks}, labelled_tasks(batch, tasks))
         return total, losses
-
-
-def build_optimizer(model: nn.Module, weighting: LossWeighting, config: TrainConfig) -> torch.optim.Optimizer:
-    """``optim.name``'s optimiser: the network in the first group, the weighting's s_i after it."""
-    optim = config.optim
-    groups: list[dict[str, Any]] = [{"params": list(model.parameters()), "weight_decay": optim.weight_decay}]
-    groups += weighting.parameter_groups(_log_variance_lr(config))
-    optimizer: torch.optim.Optimizer
-    if optim.name == "adam":
-        optimizer = torch.optim.AdamW(groups, lr=optim.lr)
-    else:
-        optimizer = torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov)
-    apply_optim_settings(optimizer, config)
-    return optimizer
-
-
-def _log_variance_lr(config: TrainConfig) -> float:
-    rate = config.optim.log_variance_lr
-    return config.optim.lr if rate is None else rate
-
-
-def apply_optim_settings(optimizer: torch.optim.Optimizer, config: TrainConfig) -> None:
-    """Set rates, decay and momentum from ``config``: the first group is the model's, the rest the s_i.
-
-    Also called after loading a checkpoint's optimizer state, which would otherwise
-    bring back the old run's settings along with its momentum buffers.
-    """
-    optim = config.optim
-    for index, group in enumerate(optimizer.param_groups):
-        group["base_lr"] = optim.lr if index == 0 else _log_variance_lr(config)
-        group["lr"] = group["base_lr"]
-        group["weight_decay"] = optim.weight_decay if index == 0 else 0.0
-        if optim.name == "sgd":
-            group["momentum"], group["nesterov"] = optim.momentum, optim.nesterov
-
-
-def poly_lr(optimizer: torch.optim.Optimizer, step: int, total_steps: int, power: float) -> float:
-    """Set every group's rate to ``base_lr · (1 − step / total_steps)^power``; returns the model's."""
-    factor = (1.0 - step / total_steps) ** power
-    for group in optimizer.param_groups:
-        group["lr"] = group["base_lr"] * factor
-    return float(optimizer.param_groups[0]["lr"])
-
-
-def clip_gradients(model: nn.Module, weighting: LossWeighting, optim: OptimConfig, step: int) -> Tensor:
-    """Clip the network's gradient norm and, separately, each log-variance's gradient;
-    returns the network's gradient norm before clipping (a 0-d tensor, no host sync).
-
-    The two never share a norm: clipped together, a large network gradient would
-    scale the s_i's gradients down with it (by the network's clip factor, most in the
-    first steps) and slow σ for reasons that have nothing to do with the task losses.
-    Raises `NonFiniteLossError` before a non-finite update can reach the weights.
-    """
-    network_norm = nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip_norm or math.inf)
-    log_variance_grads = [p.grad for p in weighting.parameters() if p.grad is not None]
-    weighting_norm = nn.utils.get_total_norm(log_variance_grads)
-    if not (torch.isfinite(network_norm) and torch.isfinite(weighting_norm)):
-        raise NonFiniteLossError(
-            f"non-finite gradient at step {step} (network norm {network_norm.item()}, "
-            f"log-variance norm {weighting_norm.item()})"
-        )
-    if optim.log_variance_grad_clip is not None:
-        for grad in log_variance_grads:
-            grad.clamp_(-optim.log_variance_grad_clip, optim.log_variance_grad_clip)
-    return network_norm
-
-
-def setup_placement(config: TrainConfig) -> Placement:
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = config.device.startswith("cuda") or (config.device == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise ConfigError(f"device: {config.device} requested but CUDA is not available here")
-    if use_cuda:
-        if world_size > 1:
-            index = local_rank
-        else:  # "auto" and "cuda" mean the first GPU; "cuda:N" names one
-            index = (torch.device(config.device).index or 0) if config.device.startswith("cuda") else 0
-        device = torch.device("cuda", index)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Placement(rank, world_size, device)
 
 
 @dataclass
@@ -344,7 +236,7 @@ def train_steps(
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if placement.on_cuda and config.amp else nullcontext()
     )
-    log = _Log(Path(config.run_dir), start_step) if placement.is_main else None
+    log = RunLog(Path(config.run_dir), start_step) if placement.is_main else None
     progress = tqdm(
         total=end_step,
         initial=start_step,
@@ -380,49 +272,11 @@ def train_steps(
         progress.update(1)
         if placement.is_main:
             checkpoint_and_evaluate(config, placement, state, done)
-        if deadline is not None and done < end_step and _out_of_time(deadline, placement):
+        if deadline is not None and done < end_step and out_of_time(deadline, placement):
             progress.close()
             return done
     progress.close()
     return end_step
-
-
-def _out_of_time(deadline: float, placement: Placement) -> bool:
-    """Whether ``deadline`` has passed; every process gets the main one's answer, so all stop together."""
-    late = torch.tensor([float(time.monotonic() > deadline)], device=placement.device)
-    if placement.world_size > 1:
-        dist.broadcast(late, src=0)
-    return bool(late.item())
-
-
-def log_step(
-    log: _Log,
-    progress: tqdm[Any],
-    weighting: LossWeighting,
-    step: int,
-    lr: float,
-    total: Tensor,
-    losses: dict[str, Tensor],
-    images_per_s: float,
-    gradients: tuple[float, int] = (math.nan, 0),
-) -> None:
-    """One ``log.csv`` row, and the progress bar's losses, σ and throughput.
-
-    ``gradients``: this step's network gradient norm before clipping, and the steps
-    clipped since the previous row."""
-    sigma = weighting.sigma()
-    _, weights = _weights(weighting, losses)
-    row: dict[str, float] = {"step": step, "lr": lr, "loss_total": total.item()}
-    row |= {f"loss_{t}": losses[t].item() for t in TASKS}
-    row |= {f"sigma_{t}": sigma.get(t, math.nan) for t in TASKS}
-    row |= {f"weight_{t}": weights.get(t, 0.0) for t in TASKS}
-    row["images_per_s"] = images_per_s
-    row["grad_norm"], row["clipped_steps"] = gradients
-    log.write(row)
-    progress.set_postfix_str(
-        " ".join(f"{t[:4]} {losses[t].item():.3f}/σ{sigma[t]:.2f}" for t in weighting.tasks)
-        + f" | {images_per_s:.1f} img/s"
-    )
 
 
 def checkpoint_and_evaluate(
@@ -436,7 +290,7 @@ def checkpoint_and_evaluate(
             _save(run_dir / f"step_{step:07d}.pt", config, step, state)
     if config.eval_every and step % config.eval_every == 0 and step < config.steps:
         metrics = validate(config, placement, state.model)
-        _append_eval(run_dir, step, metrics)
+        append_eval(run_dir, step, metrics)
 
 
 def validate(
@@ -477,15 +331,6 @@ def finish(config: TrainConfig, placement: Placement, state: TrainingState) -> d
     return final
 
 
-def _weights(weighting: LossWeighting, losses: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-    was_training = weighting.training
-    weighting.eval()  # weighing for the log must not advance stateful strategies such as DWA
-    with torch.no_grad():
-        total, weights = weighting({t: losses[t].detach() for t in weighting.tasks})
-    weighting.train(was_training)
-    return total, weights
-
-
 def _save(
     path: Path, config: TrainConfig, step: int, state: TrainingState, metrics: dict[str, Any] | None = None
 ) -> None:
@@ -498,64 +343,6 @@ def _save(
         optimizer=state.optimizer,
         metrics=metrics,
     )
-
-
-class _Log:
-    """``log.csv`` of the run; a resumed run keeps the rows up to its start, so one file covers it all."""
-
-    def __init__(self, run_dir: Path, start_step: int) -> None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self.path = run_dir / "log.csv"
-        kept: list[dict[str, str]] = []
-        if start_step > 0 and self.path.exists():
-            with self.path.open(newline="") as f:
-                # Rows past the checkpoint were logged by the interrupted run and will be logged again.
-                kept = [row for row in csv.DictReader(f) if int(row["step"]) <= start_step]
-        self.file = self.path.open("w", newline="")
-        self.writer = csv.DictWriter(self.file, fieldnames=LOG_COLUMNS)
-        self.writer.writeheader()
-        self.writer.writerows(kept)
-
-    def write(self, row: dict[str, float]) -> None:
-        self.writer.writerow(row)
-        self.file.flush()
-
-
-def _append_eval(run_dir: Path, step: int, metrics: dict[str, Any]) -> None:
-    path = run_dir / "eval.csv"
-    scalars = {"step": step} | {k: v for k, v in metrics.items() if isinstance(v, int | float)}
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(scalars))
-        if new:
-            writer.writeheader()
-        writer.writerow(scalars)
-
-
-def plot_sigma(log_csv: Path, out: Path) -> None:
-    """Plot each task's σ over steps from ``log.csv``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with log_csv.open() as f:
-        rows = list(csv.DictReader(f))
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    steps = [int(r["step"]) for r in rows]
-    for task in TASKS:
-        values = [float(r[f"sigma_{task}"]) for r in rows]
-        if not all(math.isnan(v) for v in values):
-            ax.plot(steps, values, label=task)
-    ax.set_xlabel("step")
-    ax.set_ylabel("σ (task uncertainty)")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title("Learned task uncertainty σ = exp(s / 2)")
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,9 @@
 """Ray casting of a `Scene` into an image and exact ground truth.
 
 One ray per pixel centre is intersected analytically with the ground plane and
-every primitive; the nearest hit owns the pixel, and the image, semantic class,
-instance id and depth are all read from that same hit, so the labels are exact
-and occlusion is right by construction.
+every primitive (`training.data.intersect`); the nearest hit owns the pixel, and
+the image, semantic class, instance id and depth are all read from that same hit,
+so the labels are exact and occlusion is right by construction.
 
 Speed comes from testing each primitive only against the pixels inside the
 screen rectangle its bounding box projects to, and from doing every step as a
@@ -28,11 +28,10 @@ import numpy as np
 import numpy.typing as npt
 
 from training.data.classes import train_id
+from training.data.intersect import EPS, F64, corners, intersect
 from training.data.sample import SceneSample
-from training.data.scene import Box, Camera, Cylinder, Ellipsoid, Material, Primitive, Scene
+from training.data.scene_description import Camera, Material, Primitive, Scene
 
-F64 = npt.NDArray[np.float64]
-_EPS = 1e-6
 _ROAD, _SIDEWALK, _TERRAIN = train_id("road"), train_id("sidewalk"), train_id("terrain")
 
 
@@ -150,20 +149,10 @@ class _Frame:
         )
 
 
-@dataclass
-class _Hit:
-    """Intersections of one primitive with a block of rays; t = inf where missed."""
-
-    t: F64
-    normal: tuple[F64, F64, F64]
-    s: F64  # texture coordinate along the surface, metres
-    v: F64  # texture coordinate up the surface, metres
-
-
 def _cast_ground(scene: Scene, rays: _Rays, frame: _Frame) -> None:
     layout = scene.layout
     ox, oy, oz = rays.origin
-    down = rays.dy < -_EPS
+    down = rays.dy < -EPS
     t = np.where(down, -oy / np.where(down, rays.dy, -1.0), np.inf)
     x = ox + t * rays.dx
     z = oz + t * rays.dz
@@ -207,18 +196,13 @@ def _cast_ground(scene: Scene, rays: _Rays, frame: _Frame) -> None:
 def _cast_primitive(
     part: Primitive, class_id: int, instance_id: int, rays: _Rays, frame: _Frame, cull: bool
 ) -> None:
-    bounds = rays.project_bounds(_corners(part)) if cull else (0, rays.height, 0, rays.width)
+    bounds = rays.project_bounds(corners(part)) if cull else (0, rays.height, 0, rays.width)
     if bounds is None:
         return
     r0, r1, c0, c1 = bounds
     window = np.s_[r0:r1, c0:c1]
     d = (rays.dx[window], rays.dy[window], rays.dz[window])
-    if isinstance(part, Box):
-        hit = _intersect_box(part, rays.origin, d)
-    elif isinstance(part, Cylinder):
-        hit = _intersect_cylinder(part, rays.origin, d)
-    else:
-        hit = _intersect_ellipsoid(part, rays.origin, d)
+    hit = intersect(part, rays.origin, d)
     t = frame.t[window]
     nearer = hit.t < t
     if not nearer.any():
@@ -232,105 +216,6 @@ def _cast_primitive(
     frame.albedo[(slice(None), *window)][:, nearer] = _material_albedo(
         part.material, hit.s[nearer], hit.v[nearer], normal_y
     )
-
-
-def _corners(part: Primitive) -> list[tuple[float, float, float]]:
-    if isinstance(part, Box):
-        (cx, cy, cz), (hx, hy, hz) = part.center, part.half
-        c, s = math.cos(part.yaw), math.sin(part.yaw)
-        return [
-            (cx + c * lx + s * lz, cy + ly, cz - s * lx + c * lz)
-            for lx in (-hx, hx)
-            for ly in (-hy, hy)
-            for lz in (-hz, hz)
-        ]
-    if isinstance(part, Cylinder):
-        lo = (part.x - part.radius, part.y0, part.z - part.radius)
-        hi = (part.x + part.radius, part.y1, part.z + part.radius)
-    else:
-        lo = tuple(c - r for c, r in zip(part.center, part.radii, strict=True))  # type: ignore[assignment]
-        hi = tuple(c + r for c, r in zip(part.center, part.radii, strict=True))  # type: ignore[assignment]
-    return [(x, y, z) for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]
-
-
-def _intersect_box(box: Box, origin: tuple[float, float, float], d: tuple[F64, F64, F64]) -> _Hit:
-    c, s = math.cos(box.yaw), math.sin(box.yaw)
-    qx, qy, qz = (o - b for o, b in zip(origin, box.center, strict=True))
-    # Into the box's frame, where it is axis-aligned (inverse of the yaw rotation).
-    local_o = (c * qx - s * qz, qy, s * qx + c * qz)
-    local_d = (c * d[0] - s * d[2], d[1], s * d[0] + c * d[2])
-    near, far, axis_of_near = None, None, None
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for axis in range(3):
-            inv = 1.0 / local_d[axis]
-            t1 = (-box.half[axis] - local_o[axis]) * inv
-            t2 = (box.half[axis] - local_o[axis]) * inv
-            lo, hi = np.minimum(t1, t2), np.maximum(t1, t2)
-            if near is None or far is None or axis_of_near is None:
-                near, far, axis_of_near = lo, hi, np.zeros(lo.shape, dtype=np.int8)
-            else:
-                later = lo > near
-                axis_of_near = np.where(later, axis, axis_of_near).astype(np.int8)
-                near, far = np.maximum(near, lo), np.minimum(far, hi)
-    assert near is not None and far is not None and axis_of_near is not None
-    hit = (near <= far) & (near > _EPS)
-    t = np.where(hit, near, np.inf)
-    tt = np.where(hit, near, 0.0)
-    px, py, pz = (local_o[a] + tt * local_d[a] for a in range(3))
-    lnx = np.where(axis_of_near == 0, -np.sign(local_d[0]), 0.0)
-    lny = np.where(axis_of_near == 1, -np.sign(local_d[1]), 0.0)
-    lnz = np.where(axis_of_near == 2, -np.sign(local_d[2]), 0.0)
-    normal = (c * lnx + s * lnz, lny, -s * lnx + c * lnz)
-    along = np.where(axis_of_near == 0, pz + box.half[2], px + box.half[0])
-    return _Hit(t, normal, along, py + box.half[1])
-
-
-def _intersect_cylinder(cyl: Cylinder, origin: tuple[float, float, float], d: tuple[F64, F64, F64]) -> _Hit:
-    ox, oy, oz = origin[0] - cyl.x, origin[1], origin[2] - cyl.z
-    a = d[0] * d[0] + d[2] * d[2]
-    half_b = ox * d[0] + oz * d[2]
-    c = ox * ox + oz * oz - cyl.radius * cyl.radius
-    disc = half_b * half_b - a * c
-    ok = (disc >= 0) & (a > _EPS)
-    t_side = np.where(ok, (-half_b - np.sqrt(np.where(ok, disc, 0.0))) / np.where(ok, a, 1.0), np.inf)
-    y = oy + t_side * d[1]
-    t_side = np.where((t_side > _EPS) & (y >= cyl.y0) & (y <= cyl.y1), t_side, np.inf)
-    t_cap = np.full(d[0].shape, np.inf)
-    if oy > cyl.y1:  # the top cap is only visible from above
-        going_down = d[1] < -_EPS
-        tc = np.where(going_down, (cyl.y1 - oy) / np.where(going_down, d[1], -1.0), np.inf)
-        cx, cz = ox + tc * d[0], oz + tc * d[2]
-        t_cap = np.where(going_down & (cx * cx + cz * cz <= cyl.radius * cyl.radius), tc, np.inf)
-    on_cap = t_cap < t_side
-    t = np.minimum(t_side, t_cap)
-    tt = np.where(np.isfinite(t), t, 0.0)
-    hx, hz = ox + tt * d[0], oz + tt * d[2]
-    normal = (
-        np.where(on_cap, 0.0, hx / cyl.radius),
-        np.where(on_cap, 1.0, 0.0),
-        np.where(on_cap, 0.0, hz / cyl.radius),
-    )
-    return _Hit(t, normal, (hx + hz) * 1.0 + cyl.x + cyl.z, oy + tt * d[1])
-
-
-def _intersect_ellipsoid(ell: Ellipsoid, origin: tuple[float, float, float], d: tuple[F64, F64, F64]) -> _Hit:
-    # Scale space so the ellipsoid becomes the unit sphere; t is unchanged by the scaling.
-    o = [(origin[a] - ell.center[a]) / ell.radii[a] for a in range(3)]
-    ds = [d[a] / ell.radii[a] for a in range(3)]
-    a = ds[0] * ds[0] + ds[1] * ds[1] + ds[2] * ds[2]
-    half_b = o[0] * ds[0] + o[1] * ds[1] + o[2] * ds[2]
-    c = o[0] * o[0] + o[1] * o[1] + o[2] * o[2] - 1.0
-    disc = half_b * half_b - a * c
-    ok = disc >= 0
-    t = np.where(ok, (-half_b - np.sqrt(np.where(ok, disc, 0.0))) / a, np.inf)
-    t = np.where(t > _EPS, t, np.inf)
-    tt = np.where(np.isfinite(t), t, 0.0)
-    p = [o[i] + tt * ds[i] for i in range(3)]  # on the unit sphere
-    g = [p[i] / ell.radii[i] for i in range(3)]  # gradient direction of the implicit surface
-    norm = np.sqrt(g[0] * g[0] + g[1] * g[1] + g[2] * g[2])
-    norm = np.where(norm > 0, norm, 1.0)
-    world = [ell.center[i] + p[i] * ell.radii[i] for i in range(3)]
-    return _Hit(t, (g[0] / norm, g[1] / norm, g[2] / norm), world[0] + world[2], world[1])
 
 
 def _hash01(i: npt.NDArray[np.int64], j: npt.NDArray[np.int64], seed: int) -> F64:

@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
+from scene_contract.model import BILINEAR
 from training.data.classes import IGNORE_INDEX, INSTANCE_DIVISOR, INSTANCE_UNKNOWN, is_thing_table
 
 ArrayT = TypeVar("ArrayT", bound=np.generic)
@@ -78,14 +79,14 @@ class SceneSample:
 
 # The filter that brings every image to the training size. The model card records it
 # (input.resize) so the service resizes uploads the way training resized its frames.
-RESIZE = "bilinear"
+RESIZE = BILINEAR
 
 
 def resize_image(image: npt.NDArray[np.uint8], height: int, width: int) -> npt.NDArray[np.uint8]:
     """``uint8 [H, W, 3]`` RGB at ``(height, width)`` with the `RESIZE` filter."""
     if image.shape[:2] == (height, width):
         return image
-    resized = Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR)
+    resized = Image.fromarray(image).resize((width, height), Image.Resampling[RESIZE.upper()])
     return np.array(resized, dtype=np.uint8)
 
 

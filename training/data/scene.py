@@ -1,9 +1,7 @@
-"""Street-scene descriptions and their random sampling.
+"""The random sampling of street scenes.
 
-A `Scene` is a resolution-independent description: a pinhole camera, lighting,
-the street layout on the ground plane, and a list of objects built from three
-analytic primitives (yawed boxes, vertical capped cylinders, ellipsoids).
-`sample_scene` draws one from a seeded generator; `training.data.render` turns it
+`sample_scene` draws a `Scene` (`training.data.scene_description`, whose types are
+importable from here too) from a seeded generator; `training.data.render` turns it
 into an image and exact ground truth at any resolution.
 
 World frame: metres, x to the right of the street axis, y up, z along the street.
@@ -21,117 +19,17 @@ import numpy as np
 
 from training.data.classes import INSTANCE_DIVISOR, train_id
 from training.data.sample import DataConfigError
-
-Vec3 = tuple[float, float, float]
-
-
-@dataclass(frozen=True)
-class Material:
-    """Surface appearance.
-
-    Attributes:
-        kind: ``"plain"``, ``"noise"`` (value-noise modulated), ``"facade"`` (window
-            grid), ``"glass"`` (dark, face-dependent reflection) or ``"foliage"``.
-        albedo: linear RGB in [0, 1].
-        params: kind-specific numbers, see `training.data.render`.
-    """
-
-    kind: str
-    albedo: Vec3
-    params: tuple[float, ...] = ()
-
-
-@dataclass(frozen=True)
-class Box:
-    """Box with half sizes ``half`` around ``center``, rotated by ``yaw`` about +y."""
-
-    center: Vec3
-    half: Vec3
-    yaw: float
-    material: Material
-
-
-@dataclass(frozen=True)
-class Cylinder:
-    """Vertical cylinder with a top cap, axis at (x, z), spanning y in [y0, y1]."""
-
-    x: float
-    z: float
-    radius: float
-    y0: float
-    y1: float
-    material: Material
-
-
-@dataclass(frozen=True)
-class Ellipsoid:
-    """Axis-aligned ellipsoid with semi-axes ``radii`` around ``center``."""
-
-    center: Vec3
-    radii: Vec3
-    material: Material
-
-
-Primitive = Box | Cylinder | Ellipsoid
-
-
-@dataclass(frozen=True)
-class SceneObject:
-    """A thing or stuff object: its class, its instance id (0 for stuff), its parts."""
-
-    class_name: str
-    instance_id: int
-    parts: tuple[Primitive, ...]
-
-
-@dataclass(frozen=True)
-class Camera:
-    """Pinhole camera. ``focal_ratio`` is the focal length over the image width."""
-
-    x: float
-    height: float
-    pitch: float  # radians, positive looks down
-    yaw: float  # radians, positive turns right
-    focal_ratio: float
-
-
-@dataclass(frozen=True)
-class Lighting:
-    """Sun, sky, haze and sensor settings."""
-
-    sun_direction: Vec3  # unit vector towards the sun
-    sun_color: Vec3
-    ambient: Vec3
-    sky_horizon: Vec3
-    sky_zenith: Vec3
-    haze_color: Vec3
-    haze_distance: float  # metres at which ~63% of the colour is haze
-    exposure: float
-    noise_sigma: float  # sensor noise, in 8-bit levels
-
-
-@dataclass(frozen=True)
-class StreetLayout:
-    """The ground plane's regions and markings."""
-
-    road_half_width: float
-    sidewalk_width: float
-    lane_width: float
-    crosswalk_z: float  # start of a zebra crossing; inf when there is none
-    road: Material
-    sidewalk: Material
-    terrain: Material
-    marking: Vec3
-
-
-@dataclass(frozen=True)
-class Scene:
-    camera: Camera
-    lighting: Lighting
-    layout: StreetLayout
-    objects: tuple[SceneObject, ...]
-    noise_seed: int
-
+from training.data.scene_description import Box as Box
+from training.data.scene_description import Camera as Camera
+from training.data.scene_description import Cylinder as Cylinder
+from training.data.scene_description import Ellipsoid as Ellipsoid
+from training.data.scene_description import Lighting as Lighting
+from training.data.scene_description import Material as Material
+from training.data.scene_description import Primitive as Primitive
+from training.data.scene_description import Scene as Scene
+from training.data.scene_description import SceneObject as SceneObject
+from training.data.scene_description import StreetLayout as StreetLayout
+from training.data.scene_description import Vec3 as Vec3
 
 Range = tuple[float, float]
 

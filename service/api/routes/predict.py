@@ -17,7 +17,8 @@ from service.upload import IMAGE_FIELD, IMAGE_MEDIA_TYPES, MULTIPART, read_image
 
 router = APIRouter(tags=["predict"], dependencies=[Depends(require_token)])
 
-_OUTPUTS_PATTERN = r"^(semantic|instances|depth)(,(semantic|instances|depth))*$"
+_OUTPUT_NAMES = "|".join(RequestedOutput)
+_OUTPUTS_PATTERN = rf"^({_OUTPUT_NAMES})(,({_OUTPUT_NAMES}))*$"
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 _REQUEST_BODY: dict[str, Any] = {
     "requestBody": {
@@ -91,9 +92,9 @@ async def predict(
         str,
         Query(
             pattern=_OUTPUTS_PATTERN,
-            description="Comma-separated subset of semantic, instances, depth.",
+            description=f"Comma-separated subset of {', '.join(RequestedOutput)}.",
         ),
-    ] = "semantic,instances,depth",
+    ] = ",".join(RequestedOutput),
     resolution: Annotated[
         Resolution,
         Query(
