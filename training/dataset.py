@@ -16,6 +16,7 @@ from training.data.augment import RealFrameAugment, crop_or_pad
 from training.data.camvid import CamVidScenes
 from training.data.cityscapes import CityscapesScenes
 from training.data.disk import DiskScenes
+from training.data.frames import RealFrames
 from training.data.procedural import ProceduralScenes
 from training.data.sample import DataConfigError, SceneSample
 from training.model import to_model_input
@@ -178,7 +179,7 @@ class TrainingSource:
     def __init__(
         self, name: str, scenes: SceneSource, per_batch: int, augment: RealFrameAugment | None
     ) -> None:
-        if augment is not None and not hasattr(scenes, "read"):
+        if augment is not None and not isinstance(scenes, RealFrames):
             raise TypeError(f"source {name}: augmentation needs full-size frames (a read() method)")
         self.name, self.scenes, self.per_batch, self.augment = name, scenes, per_batch, augment
 
@@ -189,8 +190,8 @@ def build_training_sources(config: DataConfig, batch_size: int) -> list[Training
     sources = []
     for name, count in counts.items():
         augment = None
-        # Real frames are few; procedural scenes are new every time and Cityscapes
-        # frames are read at the training size (no full-size read to crop from).
+        # CamVid's frames are few, so they are scaled, cropped and jittered; procedural
+        # scenes are new every time, and Cityscapes frames are taken at the training size.
         if name == "camvid":
             low, high = config.scale_range
             augment = RealFrameAugment(
@@ -221,7 +222,8 @@ class MixedTaskDataset(Dataset[dict[str, Tensor]]):
             np.random.PCG64(np.random.SeedSequence(self.seed, spawn_key=(source_index, position, 2)))
         )
         if source.augment is not None:
-            sample = source.augment(source.scenes.read(index), rng)  # type: ignore[attr-defined]
+            assert isinstance(source.scenes, RealFrames)  # TrainingSource refuses an augment otherwise
+            sample = source.augment(source.scenes.read(index), rng)
         else:
             sample = source.scenes[index]
             if self.crop is not None:
