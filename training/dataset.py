@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -147,14 +148,17 @@ class StepSampler(Sampler[tuple[int, bool]]):
         self._epoch, self._perm = -1, np.arange(0)
 
     def __iter__(self) -> Iterator[tuple[int, bool]]:
-        step = self.start_step
-        while True:
-            first = (step * self.world_size + self.rank) * self.batch_size
-            for j in range(first, first + self.batch_size):
+        for step in itertools.count(self.start_step):
+            for j in self.positions(step):
                 yield self.sample(j)
-            step += 1
+
+    def positions(self, step: int) -> range:
+        """The global sample numbers ``j`` this rank takes at ``step``: its ``B`` of the global batch."""
+        first = (step * self.world_size + self.rank) * self.batch_size
+        return range(first, first + self.batch_size)
 
     def sample(self, j: int) -> tuple[int, bool]:
+        """Scene index and flip of global sample ``j``, whatever was drawn before it."""
         epoch = j // self.num_scenes
         if epoch != self._epoch:
             rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(self.seed, spawn_key=(epoch,))))
@@ -249,22 +253,17 @@ class MixedStepSampler(Sampler[tuple[int, int, bool, int]]):
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        self.per_batch, self.start_step = per_batch, start_step
-        self.rank, self.world_size = rank, world_size
+        self.start_step = start_step
         self.streams = [
             StepSampler(size, count, _source_seed(seed, k), start_step, hflip, rank, world_size)
             for k, (size, count) in enumerate(zip(sizes, per_batch, strict=True))
         ]
 
     def __iter__(self) -> Iterator[tuple[int, int, bool, int]]:
-        step = self.start_step
-        while True:
-            for k, (stream, count) in enumerate(zip(self.streams, self.per_batch, strict=True)):
-                first = (step * self.world_size + self.rank) * count
-                for j in range(first, first + count):
-                    index, flip = stream.sample(j)
-                    yield k, index, flip, j
-            step += 1
+        for step in itertools.count(self.start_step):
+            for k, stream in enumerate(self.streams):
+                for j in stream.positions(step):
+                    yield (k, *stream.sample(j), j)
 
     def __len__(self) -> int:
         raise TypeError("MixedStepSampler is endless; the trainer stops by step count")
