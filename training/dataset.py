@@ -33,7 +33,11 @@ class SceneSource(Protocol):
 
 
 def build_scenes(config: DataConfig, split: str, source: str | None = None) -> SceneSource:
-    """The scenes of ``split`` ("train" or "val") of ``source`` (default: ``config.source``)."""
+    """The scenes of ``split`` of ``source`` (default: ``config.source``), at the configured size.
+
+    Procedural: ``train_count`` scenes of "train", ``val_count`` of a held-out split
+    ("val", or "test" for `scene-eval`), all from ``seed``.
+    """
     source = source or config.source
     height, width = config.height, config.width
     if source == "cityscapes":
