@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,6 +17,7 @@ from training.data.augment import RealFrameAugment, crop_or_pad
 from training.data.camvid import CamVidScenes
 from training.data.cityscapes import CityscapesScenes
 from training.data.disk import DiskScenes
+from training.data.frames import RealFrames
 from training.data.procedural import ProceduralScenes
 from training.data.sample import DataConfigError, SceneSample
 from training.model import to_model_input
@@ -31,7 +33,11 @@ class SceneSource(Protocol):
 
 
 def build_scenes(config: DataConfig, split: str, source: str | None = None) -> SceneSource:
-    """The scenes of ``split`` ("train" or "val") of ``source`` (default: ``config.source``)."""
+    """The scenes of ``split`` of ``source`` (default: ``config.source``), at the configured size.
+
+    Procedural: ``train_count`` scenes of "train", ``val_count`` of a held-out split
+    ("val", or "test" for `scene-eval`), all from ``seed``.
+    """
     source = source or config.source
     height, width = config.height, config.width
     if source == "cityscapes":
@@ -146,14 +152,17 @@ class StepSampler(Sampler[tuple[int, bool]]):
         self._epoch, self._perm = -1, np.arange(0)
 
     def __iter__(self) -> Iterator[tuple[int, bool]]:
-        step = self.start_step
-        while True:
-            first = (step * self.world_size + self.rank) * self.batch_size
-            for j in range(first, first + self.batch_size):
+        for step in itertools.count(self.start_step):
+            for j in self.positions(step):
                 yield self.sample(j)
-            step += 1
+
+    def positions(self, step: int) -> range:
+        """The global sample numbers ``j`` this rank takes at ``step``: its ``B`` of the global batch."""
+        first = (step * self.world_size + self.rank) * self.batch_size
+        return range(first, first + self.batch_size)
 
     def sample(self, j: int) -> tuple[int, bool]:
+        """Scene index and flip of global sample ``j``, whatever was drawn before it."""
         epoch = j // self.num_scenes
         if epoch != self._epoch:
             rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(self.seed, spawn_key=(epoch,))))
@@ -178,7 +187,7 @@ class TrainingSource:
     def __init__(
         self, name: str, scenes: SceneSource, per_batch: int, augment: RealFrameAugment | None
     ) -> None:
-        if augment is not None and not hasattr(scenes, "read"):
+        if augment is not None and not isinstance(scenes, RealFrames):
             raise TypeError(f"source {name}: augmentation needs full-size frames (a read() method)")
         self.name, self.scenes, self.per_batch, self.augment = name, scenes, per_batch, augment
 
@@ -189,8 +198,8 @@ def build_training_sources(config: DataConfig, batch_size: int) -> list[Training
     sources = []
     for name, count in counts.items():
         augment = None
-        # Real frames are few; procedural scenes are new every time and Cityscapes
-        # frames are read at the training size (no full-size read to crop from).
+        # CamVid's frames are few, so they are scaled, cropped and jittered; procedural
+        # scenes are new every time, and Cityscapes frames are taken at the training size.
         if name == "camvid":
             low, high = config.scale_range
             augment = RealFrameAugment(
@@ -221,7 +230,8 @@ class MixedTaskDataset(Dataset[dict[str, Tensor]]):
             np.random.PCG64(np.random.SeedSequence(self.seed, spawn_key=(source_index, position, 2)))
         )
         if source.augment is not None:
-            sample = source.augment(source.scenes.read(index), rng)  # type: ignore[attr-defined]
+            assert isinstance(source.scenes, RealFrames)  # TrainingSource refuses an augment otherwise
+            sample = source.augment(source.scenes.read(index), rng)
         else:
             sample = source.scenes[index]
             if self.crop is not None:
@@ -247,22 +257,17 @@ class MixedStepSampler(Sampler[tuple[int, int, bool, int]]):
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        self.per_batch, self.start_step = per_batch, start_step
-        self.rank, self.world_size = rank, world_size
+        self.start_step = start_step
         self.streams = [
             StepSampler(size, count, _source_seed(seed, k), start_step, hflip, rank, world_size)
             for k, (size, count) in enumerate(zip(sizes, per_batch, strict=True))
         ]
 
     def __iter__(self) -> Iterator[tuple[int, int, bool, int]]:
-        step = self.start_step
-        while True:
-            for k, (stream, count) in enumerate(zip(self.streams, self.per_batch, strict=True)):
-                first = (step * self.world_size + self.rank) * count
-                for j in range(first, first + count):
-                    index, flip = stream.sample(j)
-                    yield k, index, flip, j
-            step += 1
+        for step in itertools.count(self.start_step):
+            for k, stream in enumerate(self.streams):
+                for j in stream.positions(step):
+                    yield (k, *stream.sample(j), j)
 
     def __len__(self) -> int:
         raise TypeError("MixedStepSampler is endless; the trainer stops by step count")

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from copy import deepcopy as copy_module
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,10 @@ from tqdm import tqdm
 
 from training.checkpoint import CheckpointError, model_from_checkpoint, weighting_from_checkpoint
 from training.data.camvid import CamVidScenes
-from training.data.cityscapes import CityscapesScenes
 from training.data.classes import CLASSES, IGNORE_INDEX
-from training.data.procedural import SPLITS, ProceduralScenes
+from training.data.procedural import SPLITS
 from training.data.sample import DataConfigError
-from training.dataset import SceneSource, TaskDataset
+from training.dataset import SceneSource, TaskDataset, build_scenes
 from training.grids import camvid_prediction_grid, prediction_grid
 from training.metrics import SceneMetrics
 from training.real_frames import evaluate_camvid, evaluate_real_depth
@@ -201,16 +200,18 @@ def _open_inputs(args: argparse.Namespace) -> _Inputs:
     model, state = model_from_checkpoint(args.checkpoint)
     config = state["config"]
     h, w = config.data.height, config.data.width
-    scenes: SceneSource
     if args.cityscapes:
-        scenes = CityscapesScenes(args.cityscapes, split="val", height=h, width=w)
+        data = replace(config.data, source="cityscapes", root=str(args.cityscapes))
+        scenes = build_scenes(data, "val")
         dataset_info: dict[str, Any] = {
             "source": "cityscapes",
             "root": str(args.cityscapes),
             "split": "val",
         }
     else:
-        scenes = ProceduralScenes(split=args.split, seed=args.seed, count=args.count, height=h, width=w)
+        # Held-out splits have val_count procedural scenes: here, --count of them.
+        data = replace(config.data, source="procedural", seed=args.seed, val_count=args.count)
+        scenes = build_scenes(data, args.split)
         dataset_info = {
             "source": "procedural",
             "split": args.split,
@@ -275,9 +276,8 @@ def _report(args: argparse.Namespace, inputs: _Inputs) -> dict[str, Any]:
     if not args.cityscapes and args.baseline_scenes:
         # The training split and seed of the checkpoint, so the constants are what a
         # model could have learned without looking at an image.
-        train_scenes = ProceduralScenes(
-            split="train", seed=config.data.seed, count=args.baseline_scenes, height=h, width=w
-        )
+        data = replace(config.data, source="procedural", train_count=args.baseline_scenes)
+        train_scenes = build_scenes(data, "train")
         report["baselines"] = baseline_metrics(train_scenes, scenes, batch_size=args.batch_size)
     return report
 

@@ -13,6 +13,7 @@ from training.config import DataConfig
 from training.dataset import (
     MixedStepSampler,
     MixedTaskDataset,
+    StepSampler,
     build_training_sources,
     samples_per_batch,
 )
@@ -49,6 +50,19 @@ def test_a_resumed_sampler_continues_the_same_order() -> None:
     whole = list(itertools.islice(iter(MixedStepSampler([7, 5], [2, 2], seed=3)), 4 * 9))
     resumed = list(itertools.islice(iter(MixedStepSampler([7, 5], [2, 2], seed=3, start_step=6)), 4 * 3))
     assert resumed == whole[4 * 6 :]
+
+
+def test_a_one_source_mix_orders_its_scenes_like_a_plain_run() -> None:
+    # A run's batches must not change with how its one source is wrapped: both walk
+    # the same step-pure order, resumed or not, on any rank.
+    for start_step, rank in ((0, 0), (5, 1)):
+        plain = StepSampler(9, 3, seed=4, start_step=start_step, rank=rank, world_size=2)
+        mixed = MixedStepSampler([9], [3], seed=4, start_step=start_step, rank=rank, world_size=2)
+        keys = list(itertools.islice(iter(mixed), 30))
+        assert [(index, flip) for _, index, flip, _ in keys] == list(itertools.islice(iter(plain), 30))
+        assert [j for *_, j in keys] == [
+            j for step in range(start_step, start_step + 10) for j in plain.positions(step)
+        ]
 
 
 def test_ranks_take_disjoint_samples_of_each_global_batch() -> None:

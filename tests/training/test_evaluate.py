@@ -68,6 +68,21 @@ def test_scene_eval_writes_metrics_and_a_prediction_grid(checkpoint: Path, tmp_p
         assert grid.width == 7 * 64 + 6 * 2  # image + three truth/prediction pairs
 
 
+def test_scene_eval_scores_the_procedural_scenes_its_arguments_name(checkpoint: Path, tmp_path: Path) -> None:
+    # Scores are compared across checkpoints and runs only if --split, --seed and --count
+    # alone decide the scenes, whatever data the checkpoint was trained on.
+    from training.data.procedural import ProceduralScenes
+    from training.evaluate import _open_inputs, _parser
+
+    argv = ["--checkpoint", str(checkpoint), "--out", str(tmp_path / "eval.json")]
+    args = _parser().parse_args([*argv, "--split", "val", "--seed", "7", "--count", "5"])
+    assert _open_inputs(args).scenes == ProceduralScenes(split="val", seed=7, count=5, height=32, width=64)
+    args = _parser().parse_args(argv)
+    assert _open_inputs(args).scenes == ProceduralScenes(
+        split="test", seed=1000, count=500, height=32, width=64
+    )
+
+
 def test_evaluation_is_repeatable(checkpoint: Path, tmp_path: Path) -> None:
     reports = []
     for name in ("a.json", "b.json"):

@@ -32,10 +32,9 @@ import numpy as np
 import numpy.typing as npt
 
 from training.data.classes import IGNORE_INDEX, INSTANCE_UNKNOWN, train_id
+from training.data.frames import RealFrames
 from training.data.pseudo_depth import GroundCamera, pseudo_depth
-from training.data.sample import DataConfigError, SceneSample, check_dataset_size, read_png, resize_sample
-
-SPLITS: tuple[str, ...] = ("train", "val", "test")
+from training.data.sample import DataConfigError, SceneSample, read_png
 
 CAMVID_CLASSES: tuple[str, ...] = (
     "sky",
@@ -113,7 +112,7 @@ class _Frame:
     label: Path
 
 
-class CamVidScenes:
+class CamVidScenes(RealFrames[_Frame]):
     """The frames of one CamVid split as `SceneSample`s of size ``(height, width)``.
 
     ``dataset[i]`` is frame ``i`` (in the order of ``<split>.txt``) resized to
@@ -129,6 +128,8 @@ class CamVidScenes:
             file or a listed file is missing, or the split is empty.
     """
 
+    dataset = "CamVid"
+
     def __init__(
         self,
         root: str | os.PathLike[str],
@@ -137,23 +138,11 @@ class CamVidScenes:
         width: int = 256,
         pseudo_depth: GroundCamera | None = None,
     ) -> None:
-        if split not in SPLITS:
-            raise DataConfigError(f"CamVid split {split!r} is not one of {', '.join(SPLITS)}")
-        check_dataset_size(height, width)
         self.pseudo_depth = pseudo_depth
-        self.root = Path(root)
-        self.split = split
-        self.height = height
-        self.width = width
-        self._frames = _discover(self.root, split)
+        super().__init__(root, split, height, width)
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        """Sample names in index order, e.g. ``("val/0016E5_07959", ...)``."""
-        return tuple(frame.name for frame in self._frames)
-
-    def __len__(self) -> int:
-        return len(self._frames)
+    def _discover(self) -> tuple[_Frame, ...]:
+        return _list_frames(self.root, self.split)
 
     def read(self, index: int) -> SceneSample:
         """Frame ``index`` at its own size, in the project's label conventions."""
@@ -186,15 +175,8 @@ class CamVidScenes:
         """Train ids ``uint8 [H, W]`` of frame ``index`` at full size (void: ``IGNORE_INDEX``)."""
         return camvid_to_train_id()[self.camvid_labels(index)]
 
-    def __getitem__(self, index: int) -> SceneSample:
-        return resize_sample(self.read(index), self.height, self.width)
-
-    def __repr__(self) -> str:
-        return (
-            f"CamVidScenes(root={str(self.root)!r}, split={self.split!r}, "
-            f"height={self.height}, width={self.width}, frames={len(self)}, "
-            f"pseudo_depth={self.pseudo_depth})"
-        )
+    def _settings(self) -> dict[str, object]:
+        return super()._settings() | {"pseudo_depth": self.pseudo_depth}
 
 
 def missing_depth_and_instances(
@@ -211,7 +193,7 @@ def missing_depth_and_instances(
     )
 
 
-def _discover(root: Path, split: str) -> tuple[_Frame, ...]:
+def _list_frames(root: Path, split: str) -> tuple[_Frame, ...]:
     if not root.is_dir():
         raise DataConfigError(
             f"CamVid root {root} not found (set data.camvid_root or SCENE_CAMVID_ROOT to the folder "

@@ -12,17 +12,16 @@ Many copies hold ``leftImg8bit`` and ``gtFine`` only. Without the ``disparity`` 
 ``camera`` folders depth is *missing* for every sample (``nan``, no depth target),
 not an error; with them, every frame must have both files.
 
-Every sample is resized to ``(height, width)`` and converted to the project's label
-conventions (see `training.data.classes`). Only numpy, Pillow and json are used, so
-the module imports without torch; the dataset holds nothing but paths and numbers, so
-it pickles into DataLoader workers.
+Every frame is converted to the project's label conventions (see
+`training.data.classes`) at its own size, and resized as `training.data.frames`
+describes. Only numpy, Pillow and json are used, so the module imports without torch;
+the dataset holds nothing but paths and numbers, so it pickles into DataLoader workers.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,16 +34,8 @@ from training.data.classes import (
     is_thing_table,
     train_id,
 )
-from training.data.sample import (
-    DataConfigError,
-    SceneSample,
-    check_dataset_size,
-    read_png,
-    resize_image,
-    resize_nearest,
-)
-
-SPLITS: tuple[str, ...] = ("train", "val", "test")
+from training.data.frames import RealFrames
+from training.data.sample import DataConfigError, SceneSample, read_png
 
 _IMAGE_SUFFIX = "_leftImg8bit.png"
 _SKY = train_id("sky")
@@ -62,11 +53,12 @@ class _Frame:
     camera: Path | None
 
 
-class CityscapesScenes:
+class CityscapesScenes(RealFrames[_Frame]):
     """Cityscapes frames of one split as `SceneSample`s of size ``(height, width)``.
 
-    ``dataset[i]`` reads and converts frame ``i``; frames are ordered by their stem
-    (``<city>_<seq>_<frame>``), so indices are stable across runs and machines.
+    ``dataset[i]`` is `read` of frame ``i`` resized to ``(height, width)``; frames are
+    ordered by their stem (``<city>_<seq>_<frame>``), so indices are stable across runs
+    and machines.
 
     Per sample:
 
@@ -75,14 +67,15 @@ class CityscapesScenes:
       table), nearest resize.
     - ``instance``: ``int32 [height, width]``, ``train_id * 1000 + k`` on thing
       classes, 0 elsewhere, nearest resize.
-    - ``depth``: ``float32 [height, width]`` metres, ``baseline * fx / disparity``;
-      ``nan`` where stereo gave no disparity, ``inf`` on sky; ``nan`` everywhere when
-      the tree has no ``disparity``/``camera`` folders.
+    - ``depth``: ``float32 [height, width]`` metres, ``baseline * fx / disparity`` at
+      the frame's own size, nearest resize; ``nan`` where stereo gave no disparity,
+      ``inf`` on sky; ``nan`` everywhere when the tree has no ``disparity``/``camera``
+      folders.
 
     Args:
         root: folder holding ``leftImg8bit`` and ``gtFine``, and optionally
             ``disparity`` and ``camera``.
-        split: one of ``SPLITS``.
+        split: one of ``training.data.frames.SPLITS``.
         height: output height in pixels.
         width: output width in pixels.
 
@@ -92,68 +85,30 @@ class CityscapesScenes:
             one of its label files (or, in a tree with depth, its disparity or camera).
     """
 
-    def __init__(
-        self,
-        root: str | os.PathLike[str],
-        split: str = "train",
-        height: int = 128,
-        width: int = 256,
-    ) -> None:
-        if split not in SPLITS:
-            raise DataConfigError(f"split {split!r} is not one of {', '.join(SPLITS)}")
-        check_dataset_size(height, width)
-        self.root = Path(root)
-        self.split = split
-        self.height = height
-        self.width = width
-        self._frames = _discover(self.root, split)
+    dataset = "Cityscapes"
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        """Sample names in index order, e.g. ``("val/frankfurt_000000_000294", ...)``."""
-        return tuple(frame.name for frame in self._frames)
+    def _discover(self) -> tuple[_Frame, ...]:
+        return _list_frames(self.root, self.split)
 
-    def __len__(self) -> int:
-        return len(self._frames)
-
-    def __getitem__(self, index: int) -> SceneSample:
-        """Read frame ``index`` (negative counts from the end); ``IndexError`` past the end."""
+    def read(self, index: int) -> SceneSample:
+        """Frame ``index`` at its own size, in the project's label conventions."""
         frame = self._frames[index]
-        image = read_png(frame.image, rgb=True)
+        image = read_png(frame.image, rgb=True).astype(np.uint8, copy=False)
         full_size = image.shape[:2]
         label_ids = _read_map(frame.label_ids, full_size)
         instance_ids = _read_map(frame.instance_ids, full_size)
-
-        size = (self.height, self.width)
-        rgb = resize_image(image.astype(np.uint8, copy=False), self.height, self.width)
-        semantic = _to_train_ids(resize_nearest(label_ids, *size), frame.label_ids)
-        instance = _to_instances(resize_nearest(instance_ids, *size), semantic)
+        semantic = _to_train_ids(label_ids, frame.label_ids)
+        instance = _to_instances(instance_ids, semantic)
         if frame.disparity is None or frame.camera is None:
-            depth = np.full(size, np.nan, dtype=np.float32)
+            depth = np.full(full_size, np.nan, dtype=np.float32)
         else:
             disparity_png = _read_map(frame.disparity, full_size)
             baseline_m, fx_px = _read_camera(frame.camera)
-            # Disparity is a horizontal pixel offset, so it and fx scale with the width.
-            x_scale = self.width / full_size[1]
-            depth = _to_depth(
-                resize_nearest(disparity_png, *size), semantic, baseline_m, fx_px * x_scale, x_scale
-            )
-        return SceneSample(
-            image=rgb,
-            semantic=semantic,
-            instance=instance,
-            depth=depth,
-            name=frame.name,
-        )
-
-    def __repr__(self) -> str:
-        return (
-            f"CityscapesScenes(root={str(self.root)!r}, split={self.split!r}, "
-            f"height={self.height}, width={self.width}, frames={len(self)})"
-        )
+            depth = _to_depth(disparity_png, semantic, baseline_m, fx_px)
+        return SceneSample(image=image, semantic=semantic, instance=instance, depth=depth, name=frame.name)
 
 
-def _discover(root: Path, split: str) -> tuple[_Frame, ...]:
+def _list_frames(root: Path, split: str) -> tuple[_Frame, ...]:
     """All frames of ``split`` under ``root``, sorted by stem, each with its files checked."""
     if not root.is_dir():
         raise DataConfigError(f"Cityscapes root {root} not found")
@@ -253,19 +208,21 @@ def _to_depth(
     semantic: npt.NDArray[np.uint8],
     baseline_m: float,
     fx_px: float,
-    x_scale: float,
 ) -> npt.NDArray[np.float32]:
-    """Metric depth ``float32 [H, W]`` in metres from resized 16-bit disparity PNG values.
+    """Metric depth ``float32 [H, W]`` in metres from 16-bit disparity PNG values ``[H, W]``.
+
+    Metric depth does not change when the frame is resized, so it is computed here at the
+    frame's own size, where disparity and ``fx`` are in the same pixels, and resized
+    nearest-neighbour like a label.
 
     Args:
-        disparity_png: raw PNG values ``p``; disparity is ``(p - 1) / 256`` pixels at the
-            original resolution, ``p == 0`` marks no measurement.
+        disparity_png: raw PNG values ``p``; disparity is ``(p - 1) / 256`` pixels,
+            ``p == 0`` marks no measurement.
         semantic: train ids ``uint8 [H, W]``; sky pixels get ``inf``.
         baseline_m: stereo baseline in metres.
-        fx_px: focal length in pixels at the output resolution.
-        x_scale: output width / original width.
+        fx_px: focal length in pixels.
     """
-    disparity_px = (disparity_png.astype(np.float64) - 1.0) / 256.0 * x_scale
+    disparity_px = (disparity_png.astype(np.float64) - 1.0) / 256.0
     # p == 1 is zero disparity, i.e. a point at infinity that stereo cannot actually
     # resolve; only sky is labelled infinitely far, so treat it as unmeasured too.
     valid = disparity_px > 0

@@ -15,7 +15,7 @@ from PIL import Image
 
 from training.data.cityscapes import CityscapesScenes
 from training.data.classes import IGNORE_INDEX, train_id
-from training.data.sample import DataConfigError
+from training.data.sample import DataConfigError, resize_sample
 from training.targets import build_targets
 
 HEIGHT, WIDTH = 64, 128
@@ -161,7 +161,7 @@ def test_instance_ids_use_train_ids_and_are_zero_on_stuff(root: Path, scale: int
 
 @pytest.mark.parametrize(("height", "width"), [(64, 128), (32, 64), (48, 96), (128, 256)])
 def test_depth_is_metric_at_any_resolution(root: Path, height: int, width: int) -> None:
-    # Disparity and fx both scale with the width; a resize must not change metres.
+    # Depth is in metres, computed at the frame's own size: a resize must not change it.
     sample = CityscapesScenes(root, split="val", height=height, width=width)[0]
     car = sample.instance == 13001
     person = sample.instance == 11000
@@ -201,6 +201,19 @@ def test_survives_pickling(root: Path) -> None:
     before, after = scenes[1], restored[1]
     for field in ("image", "semantic", "instance", "depth"):
         np.testing.assert_array_equal(getattr(after, field), getattr(before, field))
+
+
+def test_read_gives_the_frame_at_its_own_size_and_items_are_its_resize(root: Path) -> None:
+    # The full-size frame is what an augmentation scales and crops from; the item at the
+    # training size must be that same frame, resized once.
+    scenes = CityscapesScenes(root, split="val", height=24, width=40)
+    full = scenes.read(0)
+    full.check()
+    assert full.image.shape == (HEIGHT, WIDTH, 3)
+    assert full.depth[44, 20] == pytest.approx(_depth(50), rel=1e-5)
+    expected, item = resize_sample(full, 24, 40), scenes[0]
+    for field in ("image", "semantic", "instance", "depth"):
+        np.testing.assert_array_equal(getattr(item, field), getattr(expected, field))
 
 
 def test_missing_root_is_named(tmp_path: Path) -> None:
