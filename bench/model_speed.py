@@ -70,7 +70,11 @@ def kernel_shares(path: Path, image: npt.NDArray[np.uint8], threads: int, runs: 
     profiled = session(path, threads, profile=True)
     for _ in range(runs):
         profiled.run(None, {INPUT_NAME: image})
-    trace = json.loads(Path(profiled.end_profiling()).read_text())
+    written = Path(profiled.end_profiling())
+    # The trace is read here and nowhere else: leave nothing beside the model (which
+    # may be the bundled one, under version control).
+    trace = json.loads(written.read_text())
+    written.unlink()
     totals: collections.Counter[str] = collections.Counter()
     for event in trace:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
