@@ -62,7 +62,7 @@ def test_the_bundled_files_are_there_and_small() -> None:
 
 def test_the_card_is_complete(session: ort.InferenceSession) -> None:
     card = ModelCard.from_json(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
-    assert (card.name, card.version, card.backbone) == ("scene-mtl-default", "3", "espnetv2")
+    assert (card.name, card.version, card.backbone) == ("scene-mtl-default", "4", "espnetv2")
     # ESPNetv2's graph holds its resampling sizes: valid at the card's size only.
     assert card.input.fixed_size and (card.input.height, card.input.width) == (320, 640)
     (image,) = session.get_inputs()
@@ -92,7 +92,8 @@ def test_recorded_metrics_beat_the_trivial_baselines(recorded: dict[str, Any]) -
     base = recorded["baselines"]
     assert recorded["dataset"]["split"] == "test"
     assert recorded["semantic_miou"] > 3 * base["semantic_miou"]
-    assert recorded["instance_mean_error_px"] < base["instance_mean_error_px"]
+    # Learned offsets, not zeros: version 3's were within 1% of the zero-offset baseline.
+    assert recorded["instance_mean_error_px"] < 0.6 * base["instance_mean_error_px"]
     assert recorded["inverse_depth_mean_error"] < base["inverse_depth_mean_error"]
 
 
