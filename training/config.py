@@ -218,15 +218,22 @@ class TrainConfig:
         _check_optim(self.optim)
 
 
-def _check_run(config: TrainConfig) -> None:
-    """The top-level keys: counts, schedule, stopping points and device."""
-    for key, value in {
-        "steps": config.steps,
-        "batch_size": config.batch_size,
-        "log_every": config.log_every,
-    }.items():
+def _require_positive(values: dict[str, float]) -> None:
+    """Refuse the first of ``values`` (dotted key → value) that is not above zero."""
+    for key, value in values.items():
         if value <= 0:
             raise ConfigError(f"{key}: must be positive, got {value}")
+
+
+def _check_run(config: TrainConfig) -> None:
+    """The top-level keys: counts, schedule, stopping points and device."""
+    _require_positive(
+        {
+            "steps": config.steps,
+            "batch_size": config.batch_size,
+            "log_every": config.log_every,
+        }
+    )
     for key, value in {"eval_every": config.eval_every, "checkpoint_every": config.checkpoint_every}.items():
         if value < 0:
             raise ConfigError(f"{key}: must be >= 0 (0 = never), got {value}")
@@ -239,12 +246,12 @@ def _check_run(config: TrainConfig) -> None:
 
 
 def _check_model(model: ModelConfig) -> None:
-    for key, value in {
-        "model.aspp_channels": model.aspp_channels,
-        "model.decoder_channels": model.decoder_channels,
-    }.items():
-        if value <= 0:
-            raise ConfigError(f"{key}: must be positive, got {value}")
+    _require_positive(
+        {
+            "model.aspp_channels": model.aspp_channels,
+            "model.decoder_channels": model.decoder_channels,
+        }
+    )
     if model.backbone not in BACKBONE_NAMES:
         raise ConfigError(
             f"model.backbone: unknown backbone {model.backbone!r}; valid: {', '.join(BACKBONE_NAMES)}"
@@ -263,14 +270,14 @@ def _check_model(model: ModelConfig) -> None:
 def _check_data(data: DataConfig, batch_size: int) -> None:
     """The sources and their mix first, then sizes and augmentation."""
     _check_sources(data, batch_size)
-    for key, value in {
-        "data.height": data.height,
-        "data.width": data.width,
-        "data.train_count": data.train_count,
-        "data.val_count": data.val_count,
-    }.items():
-        if value <= 0:
-            raise ConfigError(f"{key}: must be positive, got {value}")
+    _require_positive(
+        {
+            "data.height": data.height,
+            "data.width": data.width,
+            "data.train_count": data.train_count,
+            "data.val_count": data.val_count,
+        }
+    )
     if len(data.scale_range) != 2 or not 0 < data.scale_range[0] <= data.scale_range[1]:
         raise ConfigError(
             f"data.scale_range: expected [low, high] with 0 < low <= high, got {data.scale_range}"
