@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import platform
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
-from scene_contract.card import InputSpec, ModelCard, PretrainedWeights, TaskUncertainty, TrainingInfo
+from scene_contract.card import (
+    InputSpec,
+    ModelCard,
+    PretrainedWeights,
+    TaskUncertainty,
+    TrainingInfo,
+    TrainingStage,
+)
 from scene_contract.model import TASKS
-from training.checkpoint import weighting_from_checkpoint
-from training.config import TrainConfig, to_dict
+from training.checkpoint import config_sha256, stages_before, weighting_from_checkpoint
+from training.config import TrainConfig
 from training.data.classes import CLASSES, IGNORE_INDEX
 from training.data.sample import RESIZE
 from training.model import SceneNetwork
@@ -92,7 +97,6 @@ def build_model_card(
 ) -> ModelCard:
     """The card for a model exported from checkpoint ``state`` (see `training.checkpoint`)."""
     config: TrainConfig = state["config"]
-    config_json = json.dumps(to_dict(config), sort_keys=True)
     # Old checkpoints kept σ among their metrics; the card has its own field for it.
     checkpoint_metrics = {k: v for k, v in (state.get("metrics") or {}).items() if k != "sigma"}
     return ModelCard(
@@ -119,7 +123,8 @@ def build_model_card(
             data_mix=config.data.sources(),
             data_terms=data_terms(config),
             resolution=(config.data.height, config.data.width),
-            config_sha256=hashlib.sha256(config_json.encode()).hexdigest(),
+            config_sha256=config_sha256(config),
+            earlier_stages=tuple(TrainingStage(**stage) for stage in stages_before(state)),
         ),
         exported_at=datetime.now(UTC).isoformat(timespec="seconds"),
         versions={

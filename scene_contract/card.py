@@ -25,6 +25,8 @@ from typing import Any, TypedDict
 
 from scene_contract.card_reading import CardObject
 from scene_contract.card_reading import ModelCardError as ModelCardError
+from scene_contract.card_training import TrainingInfo as TrainingInfo
+from scene_contract.card_training import TrainingStage as TrainingStage
 from scene_contract.model import (
     CARD_SCHEMA,
     DEFAULT_RESIZE,
@@ -214,62 +216,6 @@ class PretrainedWeights:
             name=node.get("name", str),
             source=node.get("source", str, None),
             licence=node.get("licence", str, None),
-        )
-
-
-@dataclass(frozen=True)
-class TrainingInfo:
-    """How the model was trained.
-
-    Attributes:
-        steps: optimiser steps of the checkpoint (``None``: it did not say).
-        data_source: the configured data source.
-        resolution: ``(height, width)`` of the training frames.
-        config_sha256: sha256 of the training configuration's JSON.
-        data_mix: source name -> share of each batch (``None``: a card from before the field).
-        data_terms: one line per source saying what its terms mean for the weights.
-    """
-
-    steps: int | None
-    data_source: str
-    resolution: tuple[int, int]
-    config_sha256: str
-    data_mix: Mapping[str, float] | None = None
-    data_terms: tuple[str, ...] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        entry: dict[str, Any] = {
-            "steps": self.steps,
-            "data_source": self.data_source,
-            "resolution": list(self.resolution),
-            "config_sha256": self.config_sha256,
-        }
-        if self.data_mix is not None:
-            entry["data_mix"] = dict(self.data_mix)
-        if self.data_terms is not None:
-            entry["data_terms"] = list(self.data_terms)
-        return entry
-
-    @classmethod
-    def _read(cls, node: CardObject) -> TrainingInfo:
-        resolution = node.get("resolution", list)
-        if len(resolution) != 2 or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in resolution
-        ):
-            raise ModelCardError(
-                f"model card {node.where('resolution')} must be [height, width], got {resolution!r}"
-            )
-        mix = node.child("data_mix") if "data_mix" in node.value else None
-        terms = node.get("data_terms", list, None)
-        if terms is not None and not all(isinstance(line, str) for line in terms):
-            raise ModelCardError(f"model card {node.where('data_terms')} must be a list of strings")
-        return cls(
-            steps=node.get("steps", (int, type(None))),
-            data_source=node.get("data_source", str),
-            resolution=(resolution[0], resolution[1]),
-            config_sha256=node.get("config_sha256", str),
-            data_mix=None if mix is None else {k: float(mix.get(k, (int, float))) for k in mix.value},
-            data_terms=None if terms is None else tuple(terms),
         )
 
 

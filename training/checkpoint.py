@@ -12,6 +12,8 @@ checkpoint holds only tensors and plain Python data.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pickle
 import zipfile
@@ -41,7 +43,9 @@ def save_checkpoint(
     weighting: nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
     metrics: dict[str, Any] | None = None,
+    earlier_stages: list[dict[str, Any]] | None = None,
 ) -> None:
+    """Write everything to resume the run; ``earlier_stages`` is its history (`stages_before`)."""
     state: dict[str, Any] = {
         "format": FORMAT,
         "config": to_dict(config),
@@ -51,6 +55,7 @@ def save_checkpoint(
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "rng": {"torch": torch.get_rng_state()},
         "metrics": metrics or {},
+        "earlier_stages": earlier_stages or [],
     }
     if torch.cuda.is_available():
         state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
@@ -163,3 +168,40 @@ def _instance_output_keys(model: nn.Module) -> list[str]:
     layer: nn.Module = decoder.classifier if decoder is not None else model.instance_head[-1]  # type: ignore[index,assignment]
     prefix = next(name for name, module in model.named_modules() if module is layer)
     return [f"{prefix}.{name}" for name, _ in layer.named_parameters()]
+
+
+def config_sha256(config: TrainConfig) -> str:
+    """sha256 of the configuration's JSON (keys sorted): what the model card records."""
+    return hashlib.sha256(json.dumps(to_dict(config), sort_keys=True).encode()).hexdigest()
+
+
+def stages_before(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs the checkpoint ``state``'s run started from (``init_from``), earliest first.
+
+    Each is ``{"checkpoint", "steps", "config_sha256", "data_mix"}``, the checkpoint
+    being the path the next run's config named. Checkpoints record their history when
+    they are written; for one written before they did, the ``init_from`` chain is
+    followed on disk, and a checkpoint no longer there ends it with a stage whose
+    steps, config and data mix are unknown (``None``).
+    """
+    if "earlier_stages" in state:
+        return [dict(stage) for stage in state["earlier_stages"]]
+    path = state["config"].init_from
+    if not path:
+        return []
+    try:
+        parent = load_checkpoint(path)
+    except CheckpointError:
+        return [{"checkpoint": path, "steps": None, "config_sha256": None, "data_mix": None}]
+    return [*stages_before(parent), stage_record(parent, path)]
+
+
+def stage_record(state: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """The history entry for the run whose checkpoint ``state`` was read from ``path``."""
+    config: TrainConfig = state["config"]
+    return {
+        "checkpoint": str(path),
+        "steps": state.get("step"),
+        "config_sha256": config_sha256(config),
+        "data_mix": config.data.sources(),
+    }

@@ -20,7 +20,7 @@ import math
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from scene_contract.model import TASKS
-from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, start_from
+from training.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+    stages_before,
+    start_from,
+)
 from training.class_weights import class_weights, pixel_counts
 from training.config import ConfigError, TrainConfig, load_config
 from training.data.camvid import CamVidScenes
@@ -90,6 +96,8 @@ class TrainingState:
     model: SceneNetwork
     weighting: LossWeighting
     optimizer: torch.optim.Optimizer
+    # The runs this one started from (`training.checkpoint.stages_before`), for the card.
+    earlier_stages: list[dict[str, Any]] = field(default_factory=list)
 
 
 def train(config: TrainConfig, placement: Placement) -> dict[str, Any]:
@@ -104,6 +112,7 @@ def train(config: TrainConfig, placement: Placement) -> dict[str, Any]:
     start_step = resume(config, placement, state, end_step) if config.resume else 0
     if config.init_from and not config.resume:
         fresh = start_from(config.init_from, state.model, state.weighting, config)
+        state.earlier_stages = stages_before({"config": config})
         print(
             f"init_from: {config.init_from}; built anew: {', '.join(fresh) if fresh else 'nothing'}",
             file=sys.stderr,
@@ -155,6 +164,7 @@ def resume(config: TrainConfig, placement: Placement, state: TrainingState, end_
             f"{str(error).splitlines()[0]}"
         ) from None
     apply_optim_settings(state.optimizer, config)
+    state.earlier_stages = stages_before(saved)
     torch.set_rng_state(saved["rng"]["torch"])
     if placement.on_cuda and "cuda" in saved["rng"]:
         torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
@@ -342,6 +352,7 @@ def _save(
         weighting=state.weighting,
         optimizer=state.optimizer,
         metrics=metrics,
+        earlier_stages=state.earlier_stages,
     )
 
 

@@ -102,9 +102,11 @@ def test_the_card_has_the_keys_it_has_always_had(model: SceneNetwork) -> None:
         "data_terms",
         "resolution",
         "config_sha256",
+        "earlier_stages",
     }
     assert set(raw["classes"][0]) == {"name", "train_id", "cityscapes_id", "color", "is_thing"}
     assert set(raw["versions"]) == {"scene_mtl", "torch", "onnx", "onnxruntime", "python"}
+    assert raw["training"]["earlier_stages"] == []  # no init_from: the whole history is this run
     assert raw["training"]["steps"] == 40 and raw["input"]["spatial_multiple"] == model.output_stride
     assert raw["pretrained"] is None  # no weight file named: a random start
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from scene_contract.card import (
     PretrainedWeights,
     TaskUncertainty,
     TrainingInfo,
+    TrainingStage,
 )
 from scene_contract.model import CARD_SCHEMA, METADATA_KEY, OUTPUT_DESCRIPTIONS, TASKS
 
@@ -70,6 +72,10 @@ def a_card(**changes: Any) -> ModelCard:
             config_sha256="c" * 64,
             data_mix={"procedural": 0.5, "camvid": 0.5},
             data_terms=("procedural: no third-party terms", "CamVid: non-commercial"),
+            earlier_stages=(
+                TrainingStage("runs/street/last.pt", 800, "d" * 64, {"camvid": 0.625, "procedural": 0.375}),
+                TrainingStage("runs/street_v4/last.pt", 600, "e" * 64, {"camvid": 0.5, "procedural": 0.5}),
+            ),
         ),
         "exported_at": "2026-12-04T21:00:00+00:00",
         "versions": {"scene_mtl": "0.1.0", "torch": "2.14.1"},
@@ -180,6 +186,18 @@ def test_a_card_from_before_the_data_mix_keeps_it_unknown() -> None:
     assert card.to_dict() == raw
 
 
+def test_the_card_tells_the_training_history_and_its_total_steps() -> None:
+    raw = card_json()
+    assert [stage["steps"] for stage in raw["training"]["earlier_stages"]] == [800, 600]
+    assert a_card().training.total_steps == 800 + 600 + 800
+    unknown = TrainingStage("a checkpoint no longer there", None, None, None)
+    training = replace(a_card().training, earlier_stages=(unknown,))
+    assert training.total_steps is None  # not a sum that leaves a stage out
+    assert ModelCard.from_json(a_card(training=training).to_json()).training == training
+    del raw["training"]["earlier_stages"]  # a card from before the field: history unknown
+    assert ModelCard.from_json(json.dumps(raw)).training.earlier_stages is None
+
+
 def _without(path: str) -> dict[str, Any]:
     raw = card_json()
     *parents, last = path.split(".")
@@ -254,6 +272,12 @@ def _with(path: str, value: Any) -> str:
         ),
         ("classes", [{"name": "road"}], "model card classes[0] is malformed: {'name': 'road'}"),
         ("training.resolution", [320], "model card training.resolution must be [height, width], got [320]"),
+        ("training.earlier_stages", [800], "model card training.earlier_stages must be a list of objects"),
+        (
+            "training.earlier_stages",
+            [{"checkpoint": "a.pt", "steps": "800", "config_sha256": None, "data_mix": None}],
+            "model card field training.earlier_stages[0].steps has the wrong type: '800'",
+        ),
         ("versions.torch", 2, "model card field versions.torch has the wrong type: 2"),
         ("pretrained", "ESPNetv2", "model card field pretrained has the wrong type: 'ESPNetv2'"),
         ("pretrained.sha256", None, "model card field pretrained.sha256 has the wrong type: None"),

@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.checkpoint import CheckpointError, save_checkpoint, start_from
+from training.checkpoint import (
+    CheckpointError,
+    config_sha256,
+    load_checkpoint,
+    save_checkpoint,
+    stages_before,
+    start_from,
+)
 from training.config import ConfigError, TrainConfig, from_dict
 from training.model import ESPNetv2SceneModel, ModelConfig, build_model
 from training.weighting import build_weighting_from_config
@@ -127,3 +134,21 @@ def test_a_checkpoint_of_another_backbone_or_strategy_is_refused(tmp_path: Path)
 def test_invalid_geometry_settings_are_refused(override: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         espnetv2_config(**override).validate()
+
+
+def test_a_checkpoint_from_before_histories_follows_init_from_on_disk(tmp_path: Path) -> None:
+    """Checkpoints written before they recorded their history still tell it, from the files."""
+    trained_checkpoint(tmp_path / "stage1.pt", espnetv2_config())
+    stage1 = load_checkpoint(tmp_path / "stage1.pt")
+    assert stages_before(stage1) == []
+    stage2 = {"config": espnetv2_config(offset_scale=16.0), "step": 600}
+    stage2["config"].init_from = str(tmp_path / "stage1.pt")
+
+    (only,) = stages_before(stage2)
+    assert only["checkpoint"] == str(tmp_path / "stage1.pt") and only["steps"] == 800
+    assert only["config_sha256"] == config_sha256(stage1["config"])
+
+    (tmp_path / "stage1.pt").unlink()
+    assert stages_before(stage2) == [
+        {"checkpoint": str(tmp_path / "stage1.pt"), "steps": None, "config_sha256": None, "data_mix": None}
+    ]

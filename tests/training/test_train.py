@@ -343,3 +343,25 @@ def test_the_log_records_gradient_norms_and_clipped_steps(tmp_path: Path) -> Non
     assert clip_rate(tmp_path / "log.csv", 6) == 1.0
     assert train(tmp_path / "free", "optim.grad_clip_norm=1e9") == 0
     assert clip_rate(tmp_path / "free" / "log.csv", 6) == 0.0
+
+
+def test_a_run_started_from_another_records_the_whole_chain(smoke_run: Path, tmp_path: Path) -> None:
+    from model_export.card import build_model_card
+    from training.checkpoint import model_from_checkpoint
+
+    stage2, stage3 = tmp_path / "stage2", tmp_path / "stage3"
+    assert train(stage2, f"init_from={smoke_run / 'last.pt'}", "steps=3", "stop_at=2") == 0
+    # Resumed in a second chunk, as make model does: the history must survive the resume.
+    assert train(stage2, f"init_from={smoke_run / 'last.pt'}", "steps=3", f"resume={stage2 / 'last.pt'}") == 0
+    assert train(stage3, f"init_from={stage2 / 'last.pt'}", "steps=2") == 0
+
+    model, state = model_from_checkpoint(stage3 / "last.pt")
+    card = build_model_card(state, model, precision="fp32", name="unit", version="1").training
+    assert card.earlier_stages is not None
+    assert [(s.checkpoint, s.steps) for s in card.earlier_stages] == [
+        (str(smoke_run / "last.pt"), 6),
+        (str(stage2 / "last.pt"), 3),
+    ]
+    assert card.steps == 2 and card.total_steps == 11
+    assert card.earlier_stages[0].config_sha256 != card.earlier_stages[1].config_sha256
+    assert card.earlier_stages[1].data_mix == {"procedural": 1.0}
