@@ -4,8 +4,9 @@ The learned run with the same seed must have finished in this study: its ``log.c
 holds its weights and learning rate at every logged step, and `training.rate_matching`
 turns them into the end-point weights, the rate-weighted per-task weights, or the k
 that gives fixed weights the learned run's Σ_t lr_t · Σ_i w_i(t). A learned run
-restored from another machine's ``results.json`` has no ``log.csv``, so its
-dependents cannot be derived here: the learned arm has to train in this study.
+restored from another machine's ``results.json`` gets its ``log.csv`` back from the
+``schedule`` its result carries; one from before results carried it has none, and
+its dependents cannot be derived here (the learned arm has to train in this study).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from typing import Any
 
 from training.study.config import StudyConfig, StudyConfigError, training_config
 from training.study.plan import RESULT, PlannedRun, WaitingError, plan, read_result, run_settings, study_seeds
+from training.study.score import write_schedule
 
 
 def restore_results(study: StudyConfig, source: Path, say: Callable[[str], None]) -> int:
@@ -25,8 +26,10 @@ def restore_results(study: StudyConfig, source: Path, say: Callable[[str], None]
     ``result.json``, marked with ``restored_from``; the run then counts as finished. A
     result that disagrees stops the restore with `StudyConfigError` (the ones before it,
     which agreed, stay). A pilot report also restores its seed decision. Runs already
-    finished here are kept. Training logs do not travel in ``results.json``, so the σ
-    plots draw only the runs trained here. Returns the number of runs restored.
+    finished here are kept. A learned run's result carries its weights and σ over
+    training (``schedule``), written back as its ``log.csv``, so arms derived from it
+    and the σ plots go on here; other training logs do not travel. Returns the number
+    of runs restored.
     """
     try:
         report = json.loads(source.read_text())
@@ -52,6 +55,8 @@ def restore_results(study: StudyConfig, source: Path, say: Callable[[str], None]
                 (run.run_dir / RESULT).write_text(
                     json.dumps(result | {"restored_from": str(source)}, indent=1)
                 )
+                if result.get("schedule") and not (run.run_dir / "log.csv").is_file():
+                    write_schedule(result["schedule"], run.run_dir / "log.csv")
                 restored += 1
     for result in left:
         name = f"{'pilot ' if result['pilot'] else ''}{result['arm']} seed {result['seed']}"

@@ -50,6 +50,11 @@ def score(study: StudyConfig, run: PlannedRun, config: TrainConfig, train_second
         "val": {k: v for k, v in validation.items() if isinstance(v, int | float)},
         "test": {k: v for k, v in test.items() if isinstance(v, int | float)},
         "evaluation": {"split": ev.split, "seed": ev.seed, "count": ev.count},
+        # A learned run's weights over training travel with its result, so that arms
+        # derived from it (`training.study.derive`) can go on on another machine.
+        "schedule": learned_schedule(run.run_dir / "log.csv")
+        if config.loss.strategy.startswith("uncertainty")
+        else None,
     }
 
 
@@ -68,3 +73,24 @@ def clip_rate(log_csv: Path, steps: int) -> float | None:
     if not rows or not rows[0].get("clipped_steps"):
         return None
     return sum(int(float(row["clipped_steps"])) for row in rows) / steps
+
+
+# The log.csv columns a learned run's result carries (`learned_schedule`).
+SCHEDULE_COLUMNS = ("step", "lr", *(f"weight_{t}" for t in TASKS), *(f"sigma_{t}" for t in TASKS))
+
+
+def learned_schedule(log_csv: Path) -> dict[str, list[float]]:
+    """The columns of ``log_csv`` that rate matching and the σ plots read, column by column."""
+    with log_csv.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    schedule = {column: [float(row[column]) for row in rows] for column in SCHEDULE_COLUMNS}
+    schedule["step"] = [int(step) for step in schedule["step"]]
+    return schedule
+
+
+def write_schedule(schedule: dict[str, list[float]], log_csv: Path) -> None:
+    """`learned_schedule`'s columns back into a ``log.csv`` that `read_schedule` reads."""
+    with log_csv.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(schedule)
+        writer.writerows(zip(*schedule.values(), strict=True))

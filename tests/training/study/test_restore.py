@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.training.study.conftest import toy_study
+from training.rate_matching import read_schedule
 from training.study.advance import Budget
 from training.study.cli import main
 from training.study.parse import load_study
@@ -31,8 +32,13 @@ def test_a_study_moved_to_a_new_machine_goes_on_from_its_committed_results(
     report = json.loads((out / "results.json").read_text())
     assert report["table"] == json.loads(source.read_text())["table"]
     assert f"4 run(s) were trained elsewhere and restored from {source}." in (out / "table.md").read_text()
-    # No training log came along, so there is no σ plot to draw, and nothing is trained again.
-    assert not (out / "sigma_uncertainty.png").exists()
+    # The learned runs' weights and σ over training came along and are their log.csv again:
+    # arms derived from them can go on here, and the σ plot is drawn.
+    for seed in (1, 2):
+        here, there = (folder / "uncertainty" / f"seed{seed}" / "log.csv" for folder in (out, toy_run["out"]))
+        assert read_schedule(here) == read_schedule(there)
+    assert (out / "sigma_uncertainty.png").is_file()
+    assert not (out / "unweighted" / "seed1" / "log.csv").exists()  # fixed weights: no schedule
     lines: list[str] = []
     assert run_study(load_study(config), Budget(), say=lines.append)
     assert lines == ["4 of 4 runs finished; 0 to go"]
