@@ -27,6 +27,7 @@ class SceneMetricValues(TypedDict):
     semantic_miou_labelled: float
     pixel_accuracy: float
     semantic_iou_per_class: dict[str, float | None]
+    semantic_unlabelled_classes: list[str]
     instance_mean_error_px: float
     inverse_depth_mean_error: float
     depth_abs_rel: float
@@ -47,6 +48,9 @@ class SceneMetrics:
       (as CamVid is scored over its 11 classes). A pixel predicted as a class the data
       never labels still counts, as a miss of its true class; that class's own IoU,
       always 0, is left out.
+    - ``semantic_unlabelled_classes``: those predicted classes the ground truth never
+      holds, by name: their 0 in ``semantic_iou_per_class`` says the data has no such
+      label, not that the model cannot see the class.
     - ``pixel_accuracy``: percent of labelled pixels whose predicted class is right.
     - ``instance_mean_error_px``: mean Euclidean distance, in pixels, between predicted
       and true ``(dy, dx)`` offset vectors over ground-truth instance pixels.
@@ -162,6 +166,9 @@ class SceneMetrics:
             "semantic_iou_per_class": {
                 name: iou[c].item() if present[c] else None for c, name in enumerate(self.class_names)
             },
+            "semantic_unlabelled_classes": [
+                name for c, name in enumerate(self.class_names) if present[c] and not in_truth[c]
+            ],
             "instance_mean_error_px": _ratio(self.offset_error_sum, self.instance_pixels),
             "inverse_depth_mean_error": _ratio(self.inverse_depth_error_sum, self.depth_pixels),
             "depth_abs_rel": _ratio(self.abs_rel_sum, self.finite_depth_pixels),

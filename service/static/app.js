@@ -82,6 +82,17 @@ function measuredOn(training) {
   return source ? `${source} validation data` : "the exporter's validation data";
 }
 
+// The card's mIoU for the page's header: over the classes its validation data labels when
+// the card has that figure (a dataset that labels 11 of the 19 classes scores the model's
+// other 8 as 0 in the plain mean), else over every class.
+function headlineMiou(card) {
+  const labelled = card.metrics?.semantic_miou_labelled;
+  const plain = card.metrics?.semantic_miou;
+  const where = measuredOn(card.training);
+  if (typeof labelled === "number") return ` · mIoU ${labelled.toFixed(1)}% over the classes labelled in ${where}`;
+  return typeof plain === "number" ? ` · mIoU ${plain.toFixed(1)}% on ${where}` : "";
+}
+
 function paragraph(text) {
   const p = document.createElement("p");
   p.textContent = text;
@@ -104,13 +115,18 @@ function describeModel() {
   const perClass = card.metrics?.semantic_iou_per_class;
   if (perClass) {
     const where = measuredOn(card.training);
-    const named = (test) => Object.entries(perClass).filter(([, iou]) => test(iou));
+    const named = (test) => Object.entries(perClass).filter(([name, iou]) => test(iou, name));
     const list = (entries) => entries.map(([name, iou]) => `${name} ${iou.toFixed(0)}%`).join(", ");
-    const found = named((iou) => iou !== null && iou >= SEEN_IOU);
-    const missed = named((iou) => iou !== null && iou < MISSED_IOU);
+    // Classes the model predicted where the data has no such label score 0 whatever the
+    // model does: they are named apart, not as misses.
+    const unlabelled = new Set(card.metrics.semantic_unlabelled_classes ?? []);
+    const scored = (iou, name) => iou !== null && !unlabelled.has(name);
+    const found = named((iou, name) => scored(iou, name) && iou >= SEEN_IOU);
+    const missed = named((iou, name) => scored(iou, name) && iou < MISSED_IOU);
     const never = named((iou) => iou === null).map(([name]) => name);
     if (found.length) lines.push(`Finds (IoU on ${where}): ${list(found)}.`);
     if (missed.length) lines.push(`Mostly misses: ${list(missed)}.`);
+    if (unlabelled.size) lines.push(`Not labelled in that data, so not scored: ${[...unlabelled].join(", ")}.`);
     if (never.length) lines.push(`Absent from that data, so never checked: ${never.join(", ")}.`);
   }
   lines.push("Depth comes back in metres but is only as good as the depth the training data had.");
@@ -131,10 +147,8 @@ async function loadMetadata() {
   }
   card = await response.json();
   palette = new Map(card.classes.map((c) => [c.train_id, c.color]));
-  const miou = card.metrics?.semantic_miou;
   $("#model-line").textContent = `${card.name} ${card.version} · ${card.backbone} · ` +
-    `trained at ${card.input.height}×${card.input.width}` +
-    (typeof miou === "number" ? ` · mIoU ${miou.toFixed(1)}% on ${measuredOn(card.training)}` : "");
+    `trained at ${card.input.height}×${card.input.width}${headlineMiou(card)}`;
   describeModel();
   showSigma(card.task_uncertainty);
   setStatus("Choose an image or generate a scene.", "idle");

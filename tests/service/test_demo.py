@@ -282,3 +282,30 @@ def test_quality_figures_say_what_they_were_measured_on(demo: Page) -> None:
     )
     expect(note).to_contain_text("Mostly misses: pole 0%.")
     expect(note).to_contain_text("never checked: bus")
+
+
+def test_a_dataset_that_labels_few_classes_is_scored_over_those(demo: Page) -> None:
+    """CamVid labels 11 of the 19 classes: the header gives the mIoU over those, and a class
+    the data never labels is not listed as missed."""
+
+    def with_metrics(route: Route) -> None:
+        card = route.fetch().json()
+        card["metrics"] = {
+            "semantic_miou": 60.2,
+            "semantic_miou_labelled": 71.1,
+            "semantic_iou_per_class": {"road": 96.1, "pole": 19.5, "terrain": 0.0, "bus": None},
+            "semantic_unlabelled_classes": ["terrain"],
+        }
+        card["training"] = {"data_source": "camvid", "data_mix": {"camvid": 0.5, "procedural": 0.5}}
+        route.fulfill(json=card)
+
+    demo.route("**/metadata", with_metrics)
+    demo.reload()
+    expect(demo.locator("#model-line")).to_contain_text(
+        "mIoU 71.1% over the classes labelled in CamVid validation frames (real street photos)",
+        timeout=WAIT_MS,
+    )
+    note = demo.locator("#model-note-text")
+    expect(note).to_contain_text("Mostly misses: pole 20%.")
+    expect(note).not_to_contain_text("terrain 0%")
+    expect(note).to_contain_text("Not labelled in that data, so not scored: terrain.")

@@ -69,6 +69,7 @@ def test_hand_made_confusion_gives_known_iou() -> None:
     assert result["semantic_miou"] == pytest.approx((50.0 + 100 / 3 + 0.0) / 3)
     # Over the classes the ground truth holds (a, b): c's false positive still lowers b.
     assert result["semantic_miou_labelled"] == pytest.approx((50.0 + 100 / 3) / 2)
+    assert result["semantic_unlabelled_classes"] == ["c"]  # its 0 is the data's, not the model's
     assert result["pixel_accuracy"] == pytest.approx(50.0)
     assert math.isnan(result["instance_mean_error_px"])  # no instance output given
 
