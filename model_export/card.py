@@ -12,6 +12,7 @@ from scene_contract.card import (
     InputSpec,
     ModelCard,
     PretrainedWeights,
+    SemanticCalibration,
     TaskUncertainty,
     TrainingInfo,
     TrainingStage,
@@ -125,6 +126,7 @@ def build_model_card(
             resolution=(config.data.height, config.data.width),
             config_sha256=config_sha256(config),
             earlier_stages=tuple(TrainingStage(**stage) for stage in stages_before(state)),
+            calibration=calibration(state.get("calibration")),
         ),
         exported_at=datetime.now(UTC).isoformat(timespec="seconds"),
         versions={
@@ -136,4 +138,16 @@ def build_model_card(
             else _version("onnxruntime"),
             "python": platform.python_version(),
         },
+    )
+
+
+def calibration(record: dict[str, Any] | None) -> SemanticCalibration | None:
+    """The card's record of ``scene-calibrate``'s offsets (``record`` as the checkpoint holds it)."""
+    if not record:
+        return None
+    return SemanticCalibration(
+        offsets=record["semantic_logit_offsets"],
+        fitted_on=record["fitted_on"],
+        miou_before=record["miou_before"],
+        miou_after=record["miou_after"],
     )

@@ -25,6 +25,7 @@ from typing import Any, TypedDict
 
 from scene_contract.card_reading import CardObject
 from scene_contract.card_reading import ModelCardError as ModelCardError
+from scene_contract.card_training import SemanticCalibration as SemanticCalibration
 from scene_contract.card_training import TrainingInfo as TrainingInfo
 from scene_contract.card_training import TrainingStage as TrainingStage
 from scene_contract.model import (

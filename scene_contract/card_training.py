@@ -4,7 +4,8 @@ A model may be trained in stages, each run starting from the last checkpoint of 
 one before (``init_from``). ``steps``, ``data_mix`` and ``config_sha256`` describe the
 last run, the one the checkpoint came from; ``earlier_stages`` lists the runs before
 it, earliest first, so the whole history is on the card. Cards written before the
-field existed read back with ``earlier_stages`` unknown (``None``).
+field existed read back with ``earlier_stages`` unknown (``None``). ``calibration`` holds
+the per-class offsets ``scene-calibrate`` added to the semantic logits, if any.
 """
 
 from __future__ import annotations
@@ -53,6 +54,39 @@ class TrainingStage:
 
 
 @dataclass(frozen=True)
+class SemanticCalibration:
+    """Per-class offsets added to the semantic logits after training (``scene-calibrate``).
+
+    Attributes:
+        offsets: class name -> the offset added to its logit, for the classes fitted.
+        fitted_on: the labelled frames they were fitted on, e.g. ``"CamVid train (367 frames)"``.
+        miou_before, miou_after: mean IoU (percent) on those frames without and with them.
+    """
+
+    offsets: Mapping[str, float]
+    fitted_on: str
+    miou_before: float
+    miou_after: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "semantic_logit_offsets": dict(self.offsets),
+            "fitted_on": self.fitted_on,
+            "miou_before": self.miou_before,
+            "miou_after": self.miou_after,
+        }
+
+    @classmethod
+    def _read(cls, node: CardObject) -> SemanticCalibration:
+        return cls(
+            offsets=_mix(node.child("semantic_logit_offsets")),
+            fitted_on=node.get("fitted_on", str),
+            miou_before=float(node.get("miou_before", (int, float))),
+            miou_after=float(node.get("miou_after", (int, float))),
+        )
+
+
+@dataclass(frozen=True)
 class TrainingInfo:
     """How the model was trained.
 
@@ -66,6 +100,7 @@ class TrainingInfo:
         earlier_stages: the runs the checkpoint's run started from, earliest first
             (empty: it started from scratch or from published weights; ``None``: a card
             from before the field).
+        calibration: the semantic offsets fitted after training (``None``: none).
     """
 
     steps: int | None
@@ -75,6 +110,7 @@ class TrainingInfo:
     data_mix: Mapping[str, float] | None = None
     data_terms: tuple[str, ...] | None = None
     earlier_stages: tuple[TrainingStage, ...] | None = None
+    calibration: SemanticCalibration | None = None
 
     @property
     def total_steps(self) -> int | None:
@@ -95,6 +131,8 @@ class TrainingInfo:
             entry["data_terms"] = list(self.data_terms)
         if self.earlier_stages is not None:
             entry["earlier_stages"] = [stage.to_dict() for stage in self.earlier_stages]
+        if self.calibration is not None:
+            entry["calibration"] = self.calibration.to_dict()
         return entry
 
     @classmethod
@@ -117,10 +155,14 @@ class TrainingInfo:
             data_mix=_mix(node.child("data_mix")) if "data_mix" in node.value else None,
             data_terms=None if terms is None else tuple(terms),
             earlier_stages=_stages(node),
+            calibration=SemanticCalibration._read(node.child("calibration"))
+            if node.value.get("calibration") is not None
+            else None,
         )
 
 
 def _mix(node: CardObject) -> dict[str, float]:
+    """A JSON object of numbers (a data mix, offsets per class)."""
     return {name: float(node.get(name, (int, float))) for name in node.value}
 
 

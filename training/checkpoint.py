@@ -44,8 +44,10 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     metrics: dict[str, Any] | None = None,
     earlier_stages: list[dict[str, Any]] | None = None,
+    calibration: dict[str, Any] | None = None,
 ) -> None:
-    """Write everything to resume the run; ``earlier_stages`` is its history (`stages_before`)."""
+    """Write everything to resume the run; ``earlier_stages`` is its history (`stages_before`),
+    ``calibration`` the semantic offsets fitted after training (`training.calibrate`)."""
     state: dict[str, Any] = {
         "format": FORMAT,
         "config": to_dict(config),
@@ -56,6 +58,7 @@ def save_checkpoint(
         "rng": {"torch": torch.get_rng_state()},
         "metrics": metrics or {},
         "earlier_stages": earlier_stages or [],
+        "calibration": calibration,
     }
     if torch.cuda.is_available():
         state["rng"]["cuda"] = torch.cuda.get_rng_state_all()

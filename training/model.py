@@ -250,6 +250,16 @@ class ESPNetv2SceneModel(nn.Module):
 SceneNetwork = SceneModel | ESPNetv2SceneModel
 
 
+def semantic_output_layer(model: SceneNetwork) -> nn.Conv2d:
+    """The biased 1x1 convolution whose outputs are the semantic logits (before upsampling)."""
+    if isinstance(model, ESPNetv2SceneModel):
+        layer: nn.Module = model.semantic_decoder.classifier
+    else:
+        layer = model.semantic_head[-1]
+    assert isinstance(layer, nn.Conv2d)
+    return layer
+
+
 def build_model(config: ModelConfig) -> SceneNetwork:
     """The network ``config`` describes (`SceneModel` or `ESPNetv2SceneModel`)."""
     if config.backbone == ESPNETV2:

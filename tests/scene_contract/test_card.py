@@ -19,6 +19,7 @@ from scene_contract.card import (
     ModelCard,
     ModelCardError,
     PretrainedWeights,
+    SemanticCalibration,
     TaskUncertainty,
     TrainingInfo,
     TrainingStage,
@@ -75,6 +76,9 @@ def a_card(**changes: Any) -> ModelCard:
             earlier_stages=(
                 TrainingStage("runs/street/last.pt", 800, "d" * 64, {"camvid": 0.625, "procedural": 0.375}),
                 TrainingStage("runs/street_v4/last.pt", 600, "e" * 64, {"camvid": 0.5, "procedural": 0.5}),
+            ),
+            calibration=SemanticCalibration(
+                {"fence": -1.0, "sky": 1.75}, "CamVid train (367 frames)", 70.8, 75.1
             ),
         ),
         "exported_at": "2026-12-04T21:00:00+00:00",
@@ -190,6 +194,7 @@ def test_the_card_tells_the_training_history_and_its_total_steps() -> None:
     raw = card_json()
     assert [stage["steps"] for stage in raw["training"]["earlier_stages"]] == [800, 600]
     assert a_card().training.total_steps == 800 + 600 + 800
+    assert raw["training"]["calibration"]["semantic_logit_offsets"] == {"fence": -1.0, "sky": 1.75}
     unknown = TrainingStage("a checkpoint no longer there", None, None, None)
     training = replace(a_card().training, earlier_stages=(unknown,))
     assert training.total_steps is None  # not a sum that leaves a stage out
@@ -277,6 +282,11 @@ def _with(path: str, value: Any) -> str:
             "training.earlier_stages",
             [{"checkpoint": "a.pt", "steps": "800", "config_sha256": None, "data_mix": None}],
             "model card field training.earlier_stages[0].steps has the wrong type: '800'",
+        ),
+        (
+            "training.calibration.semantic_logit_offsets.fence",
+            "-1",
+            "model card field training.calibration.semantic_logit_offsets.fence has the wrong type: '-1'",
         ),
         ("versions.torch", 2, "model card field versions.torch has the wrong type: 2"),
         ("pretrained", "ESPNetv2", "model card field pretrained has the wrong type: 'ESPNetv2'"),
