@@ -99,7 +99,9 @@ def test_the_cli_writes_a_calibrated_checkpoint_that_the_card_records(
     bias = torch.sub(*layers).detach()  # type: ignore[call-overload]
     offsets = record["semantic_logit_offsets"]
     assert [round(float(bias[c.train_id]), 6) for c in CLASSES] == [offsets.get(c.name, 0.0) for c in CLASSES]
-    assert state["step"] == 7 and state["metrics"] == {"semantic_miou": 1.0}
+    assert state["step"] == 7
+    # Validated again with the offsets, on the config's validation split (procedural here).
+    assert state["metrics"]["semantic_miou"] != 1.0 and "semantic_unlabelled_classes" in state["metrics"]
 
     card = build_model_card(state, model, precision="fp32", name="unit", version="1").training.calibration
     assert card is not None and card.offsets == offsets and card.miou_after == record["miou_after"]
