@@ -62,7 +62,7 @@ def test_the_bundled_files_are_there_and_small() -> None:
 
 def test_the_card_is_complete(session: ort.InferenceSession) -> None:
     card = ModelCard.from_json(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
-    assert (card.name, card.version, card.backbone) == ("scene-mtl-default", "4", "espnetv2")
+    assert (card.name, card.version, card.backbone) == ("scene-mtl-default", "5", "espnetv2")
     # ESPNetv2's graph holds its resampling sizes: valid at the card's size only.
     assert card.input.fixed_size and (card.input.height, card.input.width) == (320, 640)
     (image,) = session.get_inputs()
@@ -73,6 +73,10 @@ def test_the_card_is_complete(session: ort.InferenceSession) -> None:
         assert card.task_uncertainty[task].learned is True
         assert 0 < card.task_uncertainty[task].sigma < 10
     assert card.metrics["semantic_miou"] > 0
+    # Its history and its class calibration are on the card, for whoever reproduces it.
+    assert card.training.earlier_stages is not None and card.training.total_steps == 800 + 600 + 800
+    calibration = card.training.calibration
+    assert calibration is not None and calibration.miou_after > calibration.miou_before
     # The file next to the model is its metadata's card (tests/scene_contract reads all
     # of it through the typed card).
     written = json.loads((BUNDLED / "model.card.json").read_text())
@@ -132,7 +136,8 @@ def test_depth_on_real_photos_beats_a_constant(recorded: dict[str, Any]) -> None
 
 def test_the_card_and_readme_pass_on_camvid_terms(session: ort.InferenceSession) -> None:
     card = ModelCard.from_json(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
-    assert card.training.data_mix == {"camvid": 0.625, "procedural": 0.375}
+    stages = [card.training.data_mix, *(stage.data_mix for stage in card.training.earlier_stages or ())]
+    assert all(mix and mix["camvid"] > 0 for mix in stages)  # every stage trained on CamVid
     assert any("non-commercial" in line for line in card.training.data_terms or ())
     assert "non-commercial" in (BUNDLED / "README.md").read_text()
 
