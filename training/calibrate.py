@@ -31,9 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-from tqdm import tqdm
 
 from training.checkpoint import (
     CheckpointError,
@@ -53,7 +51,8 @@ from training.data.classes import CLASSES
 from training.data.sample import DataConfigError
 from training.dataset import build_scenes
 from training.evaluate import evaluate
-from training.model import SceneNetwork, semantic_output_layer, to_model_input
+from training.model import SceneNetwork, semantic_output_layer
+from training.real_frames import camvid_logits
 
 # Offset moves tried on each class, largest first.
 MOVES = (1.0, -1.0, 0.5, -0.5, 0.25, -0.25)
@@ -94,23 +93,17 @@ def collect_camvid(
 ) -> LabelledPixels:
     """The model's logits on every frame of ``scenes``, as the service sends them, at the labels' size.
 
-    Each frame goes in resized to the model's size, the logits are resized bilinearly
-    to the label map's size (as `training.real_frames.evaluate_camvid` scores them), and
-    every ``pixel_step``-th labelled pixel in each direction is kept.
+    The logits come from `training.real_frames.camvid_logits`, as
+    `training.real_frames.evaluate_camvid` scores them; every ``pixel_step``-th labelled
+    pixel in each direction is kept.
     """
     model.eval()
     logits, labels = [], []
-    frames = tqdm(range(len(scenes)), desc="logits", unit="frame", disable=not progress, file=sys.stderr)
-    with torch.no_grad():
-        for index in frames:
-            image = torch.from_numpy(scenes[index].image[None])
-            target = torch.from_numpy(scenes.camvid_labels(index).astype(np.int64))
-            out = model(to_model_input(image))["semantic_logits"].float()
-            full = F.interpolate(out, size=target.shape, mode="bilinear", align_corners=False)[0]
-            full, target = full[:, ::pixel_step, ::pixel_step], target[::pixel_step, ::pixel_step]
-            kept = target != CAMVID_VOID
-            logits.append(full.permute(1, 2, 0)[kept].half())
-            labels.append(target[kept])
+    for full, target in camvid_logits(model, scenes, progress=progress):
+        full, target = full[:, ::pixel_step, ::pixel_step], target[::pixel_step, ::pixel_step]
+        kept = target != CAMVID_VOID
+        logits.append(full.permute(1, 2, 0)[kept].half())
+        labels.append(target[kept])
     to_data = torch.from_numpy(train_id_to_camvid().astype(np.int64))[: len(CLASSES)]
     return LabelledPixels(torch.cat(logits), torch.cat(labels), to_data, len(CAMVID_CLASSES))
 

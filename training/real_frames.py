@@ -9,18 +9,48 @@ of the served model would see. `scene-eval` reports them under ``camvid`` and
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from training.data.camvid import CAMVID_CLASSES, CAMVID_VOID, CamVidScenes, train_id_to_camvid
 from training.data.sample import resize_image
 from training.model import to_model_input
 from training.realdepth import MeasuredFrame, constant_baseline, depth_metrics, summarize
+
+
+@torch.no_grad()
+def camvid_logits(
+    model: nn.Module,
+    scenes: CamVidScenes,
+    *,
+    batch_size: int = 8,
+    device: torch.device | None = None,
+    progress: bool = False,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Each frame's semantic logits ``[C, H, W]`` at its labels' full size, with those labels.
+
+    The frame goes in as the service sends it (resized to the training size); the logits
+    are resized bilinearly back to the frame's full size. The labels are CamVid class
+    indices, ``int64 [H, W]`` (void included). ``model`` should be in eval mode.
+    """
+    device = device or torch.device("cpu")
+    starts = range(0, len(scenes), batch_size)
+    for start in tqdm(starts, desc="CamVid", unit="batch", disable=not progress, file=sys.stderr):
+        indices = range(start, min(start + batch_size, len(scenes)))
+        images = np.stack([scenes[i].image for i in indices])
+        logits = model(to_model_input(torch.from_numpy(images).to(device)))["semantic_logits"].float()
+        for row, index in enumerate(indices):
+            labels = torch.from_numpy(scenes.camvid_labels(index).astype(np.int64)).to(device)
+            full = F.interpolate(
+                logits[row : row + 1], size=labels.shape, mode="bilinear", align_corners=False
+            )
+            yield full[0], labels
 
 
 @torch.no_grad()
@@ -41,27 +71,16 @@ def evaluate_camvid(
     ``camvid_iou_per_class`` maps each class to its IoU; ``camvid_global_accuracy`` is
     the percent of labelled pixels right.
     """
-    device = device or torch.device("cpu")
     was_training = model.training
     model.eval()
-    to_camvid = torch.from_numpy(train_id_to_camvid().astype(np.int64)).to(device)
+    to_camvid = torch.from_numpy(train_id_to_camvid().astype(np.int64)).to(device or torch.device("cpu"))
     classes = len(CAMVID_CLASSES)
-    confusion = torch.zeros(classes, classes, dtype=torch.int64, device=device)
-    starts = range(0, len(scenes), batch_size)
-    for start in tqdm(starts, desc="CamVid", unit="batch", disable=not progress, file=sys.stderr):
-        indices = range(start, min(start + batch_size, len(scenes)))
-        images = np.stack([scenes[i].image for i in indices])
-        batch = to_model_input(torch.from_numpy(images).to(device))
-        logits = model(batch)["semantic_logits"].float()
-        for row, index in enumerate(indices):
-            labels = torch.from_numpy(scenes.camvid_labels(index).astype(np.int64)).to(device)
-            full = F.interpolate(
-                logits[row : row + 1], size=labels.shape, mode="bilinear", align_corners=False
-            )
-            predicted = to_camvid[full[0].argmax(0)]
-            valid = labels != CAMVID_VOID
-            pairs = labels[valid] * classes + predicted[valid]
-            confusion += torch.bincount(pairs, minlength=classes * classes).view(classes, classes)
+    confusion = torch.zeros(classes, classes, dtype=torch.int64, device=to_camvid.device)
+    for full, labels in camvid_logits(model, scenes, batch_size=batch_size, device=device, progress=progress):
+        predicted = to_camvid[full.argmax(0)]
+        valid = labels != CAMVID_VOID
+        pairs = labels[valid] * classes + predicted[valid]
+        confusion += torch.bincount(pairs, minlength=classes * classes).view(classes, classes)
     model.train(was_training)
     true_positive = confusion.diag().double()
     union = confusion.sum(0).double() + confusion.sum(1).double() - true_positive
