@@ -261,6 +261,8 @@ def _check_model(model: ModelConfig) -> None:
     for name in ("instance_stride", "depth_stride"):
         if getattr(model, name) not in (4, 8):
             raise ConfigError(f"model.{name}: must be 4 or 8, got {getattr(model, name)}")
+    if not 0.0 <= model.aspp_dropout < 1.0:
+        raise ConfigError(f"model.aspp_dropout: must be in [0, 1), got {model.aspp_dropout}")
     if not (math.isfinite(model.offset_scale) and model.offset_scale > 0):
         raise ConfigError(f"model.offset_scale: must be positive, got {model.offset_scale}")
     if model.backbone_weights and not Path(model.backbone_weights).is_file():

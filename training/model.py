@@ -57,13 +57,18 @@ class ModelConfig:
             multiplies by it). With zero-initialised output layers and L1 losses, a
             network needs about ``offset_scale``² fewer steps to reach offsets of tens
             of pixels; 1.0 is the raw-pixel output of the earlier models.
-        aspp_rates, aspp_channels, decoder_channels: `SceneModel` only.
+        aspp_dropout: the dropout rate at the end of ASPP's projection, just before
+            each task decoder's BatchNorm (torchvision's ASPP: 0.5). The running
+            statistics of those BatchNorms are gathered with it on and used with it
+            off, a train/test shift; 0.0 removes it (issue 28's ablation).
+        aspp_rates, aspp_channels, aspp_dropout, decoder_channels: `SceneModel` only.
     """
 
     backbone: str = "mobilenet_v3_large"
     num_classes: int = NUM_CLASSES
     aspp_rates: list[int] = field(default_factory=lambda: [12, 24, 36])
     aspp_channels: int = 256
+    aspp_dropout: float = 0.5
     decoder_channels: int = 256
     backbone_weights: str | None = None
     backbone_sha256: str | None = None
@@ -148,6 +153,11 @@ class SceneModel(nn.Module):
         if config.backbone_weights:
             load_backbone_weights(self.backbone, Path(config.backbone_weights))
         self.aspp = ASPP(channels, config.aspp_rates, config.aspp_channels)
+        # torchvision ends the projection with Dropout(0.5); the rate is a setting.
+        dropout = self.aspp.project[-1]
+        if not isinstance(dropout, nn.Dropout):
+            raise RuntimeError(f"torchvision's ASPP projection no longer ends in Dropout: {dropout}")
+        dropout.p = config.aspp_dropout
         width, hidden = config.aspp_channels, config.decoder_channels
         self.semantic_head = TaskDecoder(width, hidden, config.num_classes)
         self.instance_head = TaskDecoder(width, hidden, 2)

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torchvision.models import resnet50
 
+from training.config import ConfigError, from_dict
 from training.model import BACKBONES, ModelConfig, SceneModel
 
 
@@ -56,3 +57,24 @@ def test_backbone_weights_that_fit_nothing_are_refused(tmp_path: Path) -> None:
         SceneModel(ModelConfig(backbone_weights=str(path)))
     with pytest.raises(FileNotFoundError, match=r"missing\.pt"):
         SceneModel(ModelConfig(backbone_weights=str(tmp_path / "missing.pt")))
+
+
+def test_aspp_dropout_is_a_setting_and_zero_makes_training_mode_deterministic() -> None:
+    """Issue 28's ablation: no dropout between ASPP and the task decoders' BatchNorm."""
+    images = torch.rand(2, 3, 32, 64)
+    outputs = {}
+    for rate in (0.5, 0.0):
+        torch.manual_seed(0)
+        model = SceneModel(ModelConfig(aspp_channels=16, decoder_channels=16, aspp_dropout=rate)).train()
+        assert model.aspp.project[-1].p == rate
+        with torch.no_grad():
+            outputs[rate] = [model(images)["semantic_logits"] for _ in range(2)]
+    # With dropout, two training-mode passes drop different channels; without, they agree.
+    assert not torch.allclose(*outputs[0.5])
+    torch.testing.assert_close(*outputs[0.0])
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.0])
+def test_an_aspp_dropout_outside_zero_to_one_is_refused(rate: float) -> None:
+    with pytest.raises(ConfigError, match=r"model.aspp_dropout: must be in \[0, 1\)"):
+        from_dict({"model": {"aspp_dropout": rate}}).validate()
