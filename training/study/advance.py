@@ -7,6 +7,7 @@ from it, and ``study_run.json`` records the config it was started under.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from training.checkpoint import load_checkpoint, weighting_from_checkpoint
-from training.config import TrainConfig, to_dict
+from training.config import ConfigError, TrainConfig, from_dict, to_dict
 from training.study.config import TASK_METRICS, StudyConfig, StudyConfigError, training_config
 from training.study.plan import RESULT, RUN_RECORD, PlannedRun, derivation
 from training.study.score import score
@@ -85,6 +86,10 @@ def _run_record(run: PlannedRun, config: TrainConfig) -> dict[str, Any]:
     if not record_path.is_file():
         return record
     saved: dict[str, Any] = json.loads(record_path.read_text())
+    # Read through today's config, so a setting added since, at its default, is no change;
+    # a key since removed or renamed fails to read and is compared as written (so refused).
+    with contextlib.suppress(ConfigError):
+        saved["config"] = _comparable(from_dict(saved["config"]))
     if saved["config"] != record["config"]:
         changed = sorted(k for k in record["config"] if record["config"][k] != saved["config"].get(k))
         raise StudyConfigError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from tests.training.study.conftest import ChunkBudget, toy_study
 from training.study.advance import Budget
 from training.study.config import StudyConfigError
 from training.study.parse import load_study
+from training.study.plan import RUN_RECORD
 from training.study.run import run_study
 
 
@@ -29,6 +31,25 @@ def test_a_run_started_under_another_config_is_not_resumed_into_a_mixture(tmp_pa
     )
     with pytest.raises(StudyConfigError, match=r"different training config \(differs in: optim\)"):
         run_study(load_study(changed), Budget(), say=lambda _: None)
+
+
+def test_a_run_started_before_a_setting_existed_resumes_when_it_keeps_its_default(tmp_path: Path) -> None:
+    """A setting added since a run started (e.g. model.aspp_dropout) is no change at its default."""
+    arms = [{"name": "unweighted", "overrides": {"loss.strategy": "fixed"}}]
+    study = load_study(toy_study(tmp_path, seeds=[1], comparisons=[], arms=arms))
+    run_study(study, ChunkBudget(1), say=lambda _: None)  # one chunk: the run is half done
+    (record_path,) = Path(study.out).rglob(RUN_RECORD)
+    record = json.loads(record_path.read_text())
+    del record["config"]["model"]["aspp_dropout"]  # as written before the setting existed
+    record_path.write_text(json.dumps(record))
+
+    # The setting at another value than its default is a change, refused as before...
+    changed = [{"name": "unweighted", "overrides": {"loss.strategy": "fixed", "model.aspp_dropout": 0.0}}]
+    other = load_study(toy_study(tmp_path, seeds=[1], comparisons=[], arms=changed))
+    with pytest.raises(StudyConfigError, match=r"different training config \(differs in: model\)"):
+        run_study(other, Budget(), say=lambda _: None)
+    # ... and at its default, the run goes on and finishes.
+    assert run_study(study, Budget(), say=lambda _: None)
 
 
 def test_no_run_starts_that_could_take_the_study_past_max_runs() -> None:
