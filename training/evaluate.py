@@ -170,6 +170,15 @@ def _parser() -> argparse.ArgumentParser:
         help="PNG of the model's predictions on CamVid val frames (predictions only; with --camvid)",
     )
     parser.add_argument(
+        "--camvid-sizes",
+        nargs="+",
+        type=_size,
+        default=[],
+        metavar="WxH",
+        help="also score CamVid val with the frames fed in at these sizes (e.g. 800x400 960x480), "
+        "the model in PyTorch: how much an input size would gain (with --camvid)",
+    )
+    parser.add_argument(
         "--realdepth",
         type=Path,
         help="also score depth on the real photos with measured depth under this folder "
@@ -191,6 +200,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0)")
     return parser
+
+
+def _size(text: str) -> tuple[int, int]:
+    """``WxH`` → ``(height, width)``, both positive multiples of 8 (the model's coarsest stride here)."""
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 800x400, got {text!r}") from None
+    if width <= 0 or height <= 0 or width % 8 or height % 8:
+        raise argparse.ArgumentTypeError(f"{text}: width and height must be positive multiples of 8")
+    return height, width
 
 
 def _open_inputs(args: argparse.Namespace) -> _Inputs:
@@ -219,8 +239,8 @@ def _open_inputs(args: argparse.Namespace) -> _Inputs:
             "count": args.count,
         }
     camvid = CamVidScenes(args.camvid, split="val", height=h, width=w) if args.camvid else None
-    if args.camvid_grid and camvid is None:
-        raise DataConfigError("--camvid-grid needs --camvid ROOT")
+    if (args.camvid_grid or args.camvid_sizes) and camvid is None:
+        raise DataConfigError("--camvid-grid and --camvid-sizes need --camvid ROOT")
     measured = read_measured_frames(args.realdepth) if args.realdepth else None
     return _Inputs(model, state, scenes, dataset_info | {"height": h, "width": w}, camvid, measured)
 
@@ -259,6 +279,10 @@ def _report(args: argparse.Namespace, inputs: _Inputs) -> dict[str, Any]:
         report["camvid"] = {"root": str(args.camvid), "split": "val"} | evaluate_camvid(
             model, inputs.camvid, batch_size=args.batch_size, progress=True
         )
+        for height, width in args.camvid_sizes:
+            resized = CamVidScenes(args.camvid, split="val", height=height, width=width)
+            scores = evaluate_camvid(model, resized, batch_size=args.batch_size, progress=True)
+            report["camvid"].setdefault("at_sizes", {})[f"{width}x{height}"] = scores
         if args.camvid_grid:
             args.camvid_grid.parent.mkdir(parents=True, exist_ok=True)
             camvid_prediction_grid(model, inputs.camvid).save(args.camvid_grid)
@@ -295,6 +319,11 @@ def _print_summary(report: dict[str, Any], out: Path, grid_path: Path) -> None:
             f"{k} {v:.1f}" for k, v in scores["camvid_iou_per_class"].items() if v is not None
         )
         print(f"CamVid val ({scores['frames']} frames): mIoU {scores['camvid_miou']:.1f}%  [{per_class}]")
+        for size, at_size in scores.get("at_sizes", {}).items():
+            print(
+                f"  fed in at {size}: mIoU {at_size['camvid_miou']:.1f}%, "
+                f"pole {at_size['camvid_iou_per_class']['pole']:.1f}"
+            )
     if "batchnorm_check" in report:
         running, batch = (
             report["batchnorm_check"]["running_statistics"],

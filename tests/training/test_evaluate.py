@@ -192,6 +192,46 @@ def test_scene_eval_reports_camvid_beside_procedural_metrics(
         assert picture.width == 3 * 64 + 2 * 2  # classes, instance offsets, depth; no CamVid pixels
 
 
+def test_scene_eval_scores_camvid_at_other_input_sizes(
+    checkpoint: Path, camvid_root: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "eval.json"
+    args = ["--checkpoint", str(checkpoint), "--count", "2", "--out", str(out), "--baseline-scenes", "0"]
+    height, width = _trained_size(checkpoint)
+    sizes = [f"{width}x{height}", "96x48"]
+    assert eval_main([*args, "--camvid", str(camvid_root), "--camvid-sizes", *sizes]) == 0
+    camvid = json.loads(out.read_text())["camvid"]
+    assert list(camvid["at_sizes"]) == sizes
+    # At the trained size it is the reported score itself; another size is scored too.
+    assert camvid["at_sizes"][sizes[0]]["camvid_miou"] == pytest.approx(camvid["camvid_miou"])
+    assert len(camvid["at_sizes"]["96x48"]["camvid_iou_per_class"]) == 11
+
+
+@pytest.mark.parametrize("size", ["800", "800x0", "801x400", "wide"])
+def test_scene_eval_refuses_a_malformed_camvid_size(
+    checkpoint: Path, camvid_root: Path, tmp_path: Path, size: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--checkpoint", str(checkpoint), "--out", str(tmp_path / "e.json"), "--camvid", str(camvid_root)]
+    with pytest.raises(SystemExit) as exit_info:
+        eval_main([*args, "--camvid-sizes", size])
+    assert exit_info.value.code == 2 and "--camvid-sizes" in capsys.readouterr().err
+
+
+def test_scene_eval_camvid_sizes_need_camvid(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--checkpoint", str(checkpoint), "--out", str(tmp_path / "e.json"), "--camvid-sizes", "96x48"]
+    assert eval_main(args) == 2
+    assert "--camvid-sizes need --camvid ROOT" in capsys.readouterr().err
+
+
+def _trained_size(path: Path) -> tuple[int, int]:
+    from training.checkpoint import load_checkpoint
+
+    data = load_checkpoint(path)["config"].data
+    return data.height, data.width
+
+
 def test_batch_statistics_copy_normalises_each_batch_and_leaves_the_model_alone() -> None:
     from training.evaluate import BatchStatistics
 
