@@ -17,7 +17,7 @@ const STAGES = ["decode", "preprocess", "queue", "inference", "postprocess", "en
 // resize (the filter training used) still makes the last step.
 const UPLOAD_MARGIN = 2;
 const SEEN_IOU = 50; // per-class IoU (%) at or above which the note says the model finds a class
-const MISSED_IOU = 20; // and below which it says the model misses it
+const MISSED_IOU = 20; // and below which it says the model misses it (in between: finds in part)
 
 let card = null;
 let palette = new Map(); // train id -> [r, g, b]
@@ -122,9 +122,11 @@ function describeModel() {
     const unlabelled = new Set(card.metrics.semantic_unlabelled_classes ?? []);
     const scored = (iou, name) => iou !== null && !unlabelled.has(name);
     const found = named((iou, name) => scored(iou, name) && iou >= SEEN_IOU);
+    const partly = named((iou, name) => scored(iou, name) && iou >= MISSED_IOU && iou < SEEN_IOU);
     const missed = named((iou, name) => scored(iou, name) && iou < MISSED_IOU);
     const never = named((iou) => iou === null).map(([name]) => name);
     if (found.length) lines.push(`Finds (IoU on ${where}): ${list(found)}.`);
+    if (partly.length) lines.push(`Finds in part: ${list(partly)}.`);
     if (missed.length) lines.push(`Mostly misses: ${list(missed)}.`);
     if (unlabelled.size) lines.push(`Not labelled in that data, so not scored: ${[...unlabelled].join(", ")}.`);
     if (never.length) lines.push(`Absent from that data, so never checked: ${never.join(", ")}.`);

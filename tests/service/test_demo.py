@@ -264,7 +264,7 @@ def test_quality_figures_say_what_they_were_measured_on(demo: Page) -> None:
         card = route.fetch().json()
         card["metrics"] = {
             "semantic_miou": 55.2,
-            "semantic_iou_per_class": {"road": 96.3, "car": 73.4, "pole": 0.0, "bus": None},
+            "semantic_iou_per_class": {"road": 96.3, "car": 73.4, "sign": 21.0, "pole": 0.0, "bus": None},
         }
         card["training"] = {"data_source": "procedural", "data_mix": {"procedural": 0.5, "camvid": 0.5}}
         route.fulfill(json=card)
@@ -281,6 +281,8 @@ def test_quality_figures_say_what_they_were_measured_on(demo: Page) -> None:
         "Finds (IoU on generated (procedural) validation scenes, not real photos): road 96%, car 73%."
     )
     expect(note).to_contain_text("Mostly misses: pole 0%.")
+    # Between the two, a class is named as found in part, not left out.
+    expect(note).to_contain_text("Finds in part: sign 21%.")
     expect(note).to_contain_text("never checked: bus")
 
 
