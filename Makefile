@@ -118,7 +118,8 @@ model: $(STAMP)
 	[ -f $(MODEL_CHECKPOINT) ] || OMP_WAIT_POLICY=PASSIVE $(BIN)/scene-calibrate \
 		--checkpoint $(MODEL_RUN)/last.pt --camvid $(CAMVID_ROOT) --out $(MODEL_CHECKPOINT)
 	$(BIN)/scene-eval --checkpoint $(MODEL_CHECKPOINT) --split test --seed 1000 --count 500 \
-		--camvid $(CAMVID_ROOT) --camvid-grid $(MODEL_DIR)/camvid_predictions.png --realdepth $(REALDEPTH_ROOT) \
+		--camvid $(CAMVID_ROOT) --camvid-grid $(MODEL_DIR)/camvid_predictions.png --camvid-sizes 800x400 960x480 \
+		--realdepth $(REALDEPTH_ROOT) \
 		--batchnorm-check \
 		--out $(MODEL_DIR)/metrics.json --grid $(MODEL_DIR)/predictions.png
 	$(BIN)/scene-export --checkpoint $(MODEL_CHECKPOINT) --out $(MODEL_DIR)/model.onnx --fp16-weights \

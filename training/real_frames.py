@@ -68,8 +68,10 @@ def evaluate_camvid(
     logits are resized bilinearly back to the frame's full size, the argmax is mapped
     onto CamVid's classes (`train_id_to_camvid`) and compared with the original labels,
     void pixels excluded. ``camvid_miou`` is the mean IoU over the 11 classes (percent);
-    ``camvid_iou_per_class`` maps each class to its IoU; ``camvid_global_accuracy`` is
-    the percent of labelled pixels right.
+    ``camvid_iou_per_class``, ``camvid_recall_per_class`` and ``camvid_precision_per_class``
+    map each class to its IoU, recall and precision; ``camvid_confusion`` holds the pixel
+    counts (rows labelled, columns predicted); ``camvid_global_accuracy`` is the percent of
+    labelled pixels right.
     """
     was_training = model.training
     model.eval()
@@ -85,14 +87,25 @@ def evaluate_camvid(
     true_positive = confusion.diag().double()
     union = confusion.sum(0).double() + confusion.sum(1).double() - true_positive
     iou = torch.where(union > 0, true_positive / union.clamp(min=1), torch.nan) * 100
-    per_class = {
-        name: None if torch.isnan(value) else round(float(value), 2)
-        for name, value in zip(CAMVID_CLASSES, iou, strict=True)
-    }
+    labelled, predicted_as = confusion.sum(1).double(), confusion.sum(0).double()
+    recall = torch.where(labelled > 0, true_positive / labelled.clamp(min=1), torch.nan) * 100
+    precision = torch.where(predicted_as > 0, true_positive / predicted_as.clamp(min=1), torch.nan) * 100
+
+    def by_class(values: Tensor) -> dict[str, float | None]:
+        return {
+            name: None if torch.isnan(value) else round(float(value), 2)
+            for name, value in zip(CAMVID_CLASSES, values, strict=True)
+        }
+
     return {
         "camvid_miou": float(iou.nanmean()),
         "camvid_global_accuracy": float(true_positive.sum() / confusion.sum().clamp(min=1) * 100),
-        "camvid_iou_per_class": per_class,
+        "camvid_iou_per_class": by_class(iou),
+        # Of each class's labelled pixels, the share found; of its predicted pixels, the share right.
+        "camvid_recall_per_class": by_class(recall),
+        "camvid_precision_per_class": by_class(precision),
+        # Pixel counts, rows the labelled class, columns the predicted one (CAMVID_CLASSES order).
+        "camvid_confusion": confusion.tolist(),
         "frames": len(scenes),
     }
 

@@ -74,7 +74,9 @@ def test_the_card_is_complete(session: ort.InferenceSession) -> None:
         assert 0 < card.task_uncertainty[task].sigma < 10
     assert card.metrics["semantic_miou"] > 0
     # Its history and its class calibration are on the card, for whoever reproduces it.
-    assert card.training.earlier_stages is not None and card.training.total_steps == 800 + 600 + 800 + 600 + 700
+    assert (
+        card.training.earlier_stages is not None and card.training.total_steps == 800 + 600 + 800 + 600 + 700
+    )
     calibration = card.training.calibration
     assert calibration is not None and calibration.miou_after > calibration.miou_before
     # The file next to the model is its metadata's card (tests/scene_contract reads all

@@ -166,6 +166,17 @@ def test_camvid_scores_are_in_camvid_classes_at_full_resolution(camvid_root: Pat
     assert scores["camvid_iou_per_class"]["car"] == pytest.approx(100 * np.mean(labelled == 8), abs=0.01)
     assert scores["camvid_iou_per_class"]["road"] == 0.0
     assert scores["camvid_miou"] == pytest.approx(scores["camvid_iou_per_class"]["car"] / 11, abs=0.01)
+    # Every car pixel is found (recall 100%) and a car prediction is right as often as a
+    # labelled pixel is car; a class never predicted has recall 0 and no precision.
+    assert scores["camvid_recall_per_class"]["car"] == 100.0
+    assert scores["camvid_precision_per_class"]["car"] == pytest.approx(
+        100 * np.mean(labelled == 8), abs=0.01
+    )
+    assert scores["camvid_recall_per_class"]["road"] == 0.0
+    assert scores["camvid_precision_per_class"]["road"] is None
+    confusion = np.array(scores["camvid_confusion"])
+    assert confusion.shape == (11, 11) and confusion.sum() == labelled.size
+    assert (confusion[:, 8] == np.bincount(labelled, minlength=11)).all()  # every row went to car
 
 
 class _TruckModel(torch.nn.Module):
