@@ -94,7 +94,8 @@ class TrainingInfo:
         steps: optimiser steps of the checkpoint's own run (``None``: it did not say).
         data_source: the configured data source.
         resolution: ``(height, width)`` of the training frames.
-        config_sha256: sha256 of the training configuration's JSON.
+        config_sha256: sha256 of the training configuration's JSON, as the exporting
+            code read it (settings added after the run appear at their defaults).
         data_mix: source name -> share of each batch (``None``: a card from before the field).
         data_terms: one line per source saying what its terms mean for the weights.
         earlier_stages: the runs the checkpoint's run started from, earliest first

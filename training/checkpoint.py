@@ -174,7 +174,12 @@ def _instance_output_keys(model: nn.Module) -> list[str]:
 
 
 def config_sha256(config: TrainConfig) -> str:
-    """sha256 of the configuration's JSON (keys sorted): what the model card records."""
+    """sha256 of the configuration's JSON (keys sorted): what the model card records.
+
+    The config as this code reads it: a setting added since the run (e.g.
+    ``model.aspp_dropout``) is in it at its default, so a later scene-mtl may hash the
+    same run's config differently from the hash recorded when it was written.
+    """
     return hashlib.sha256(json.dumps(to_dict(config), sort_keys=True).encode()).hexdigest()
 
 

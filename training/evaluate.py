@@ -203,13 +203,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _size(text: str) -> tuple[int, int]:
-    """``WxH`` → ``(height, width)``, both positive multiples of 8 (the model's coarsest stride here)."""
+    """``WxH`` → ``(height, width)``, both positive."""
     try:
         width, height = (int(part) for part in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 800x400, got {text!r}") from None
-    if width <= 0 or height <= 0 or width % 8 or height % 8:
-        raise argparse.ArgumentTypeError(f"{text}: width and height must be positive multiples of 8")
+    if width <= 0 or height <= 0:
+        raise argparse.ArgumentTypeError(f"{text}: width and height must be positive")
     return height, width
 
 
@@ -320,10 +320,9 @@ def _print_summary(report: dict[str, Any], out: Path, grid_path: Path) -> None:
         )
         print(f"CamVid val ({scores['frames']} frames): mIoU {scores['camvid_miou']:.1f}%  [{per_class}]")
         for size, at_size in scores.get("at_sizes", {}).items():
-            print(
-                f"  fed in at {size}: mIoU {at_size['camvid_miou']:.1f}%, "
-                f"pole {at_size['camvid_iou_per_class']['pole']:.1f}"
-            )
+            pole = at_size["camvid_iou_per_class"]["pole"]
+            pole_text = "unlabelled" if pole is None else f"{pole:.1f}"
+            print(f"  fed in at {size}: mIoU {at_size['camvid_miou']:.1f}%, pole {pole_text}")
     if "batchnorm_check" in report:
         running, batch = (
             report["batchnorm_check"]["running_statistics"],

@@ -121,9 +121,13 @@ function describeModel() {
     // model does: they are named apart, not as misses.
     const unlabelled = new Set(card.metrics.semantic_unlabelled_classes ?? []);
     const scored = (iou, name) => iou !== null && !unlabelled.has(name);
-    const found = named((iou, name) => scored(iou, name) && iou >= SEEN_IOU);
-    const partly = named((iou, name) => scored(iou, name) && iou >= MISSED_IOU && iou < SEEN_IOU);
-    const missed = named((iou, name) => scored(iou, name) && iou < MISSED_IOU);
+    // Sorted on the whole percent shown, so "20%" is never listed as a miss.
+    const shown = (iou) => Math.round(iou);
+    const found = named((iou, name) => scored(iou, name) && shown(iou) >= SEEN_IOU);
+    const partly = named(
+      (iou, name) => scored(iou, name) && shown(iou) >= MISSED_IOU && shown(iou) < SEEN_IOU,
+    );
+    const missed = named((iou, name) => scored(iou, name) && shown(iou) < MISSED_IOU);
     const never = named((iou) => iou === null).map(([name]) => name);
     if (found.length) lines.push(`Finds (IoU on ${where}): ${list(found)}.`);
     if (partly.length) lines.push(`Finds in part: ${list(partly)}.`);

@@ -295,7 +295,14 @@ def test_a_dataset_that_labels_few_classes_is_scored_over_those(demo: Page) -> N
         card["metrics"] = {
             "semantic_miou": 60.2,
             "semantic_miou_labelled": 71.1,
-            "semantic_iou_per_class": {"road": 96.1, "pole": 19.5, "terrain": 0.0, "bus": None},
+            "semantic_iou_per_class": {
+                "road": 96.1,
+                "fence": 49.5,  # shown as 50%: found
+                "sign": 19.6,  # shown as 20%: found in part, not missed
+                "pole": 19.4,
+                "terrain": 0.0,
+                "bus": None,
+            },
             "semantic_unlabelled_classes": ["terrain"],
         }
         card["training"] = {"data_source": "camvid", "data_mix": {"camvid": 0.5, "procedural": 0.5}}
@@ -308,6 +315,8 @@ def test_a_dataset_that_labels_few_classes_is_scored_over_those(demo: Page) -> N
         timeout=WAIT_MS,
     )
     note = demo.locator("#model-note-text")
-    expect(note).to_contain_text("Mostly misses: pole 20%.")
+    expect(note).to_contain_text("road 96%, fence 50%.")
+    expect(note).to_contain_text("Finds in part: sign 20%.")
+    expect(note).to_contain_text("Mostly misses: pole 19%.")
     expect(note).not_to_contain_text("terrain 0%")
     expect(note).to_contain_text("Not labelled in that data, so not scored: terrain.")

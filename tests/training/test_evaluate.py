@@ -218,14 +218,23 @@ def test_scene_eval_scores_camvid_at_other_input_sizes(
     assert len(camvid["at_sizes"]["96x48"]["camvid_iou_per_class"]) == 11
 
 
-@pytest.mark.parametrize("size", ["800", "800x0", "801x400", "wide"])
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [("800", "expected WIDTHxHEIGHT"), ("wide", "expected WIDTHxHEIGHT"), ("800x0", "must be positive")],
+)
 def test_scene_eval_refuses_a_malformed_camvid_size(
-    checkpoint: Path, camvid_root: Path, tmp_path: Path, size: str, capsys: pytest.CaptureFixture[str]
+    checkpoint: Path,
+    camvid_root: Path,
+    tmp_path: Path,
+    size: str,
+    message: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     args = ["--checkpoint", str(checkpoint), "--out", str(tmp_path / "e.json"), "--camvid", str(camvid_root)]
     with pytest.raises(SystemExit) as exit_info:
         eval_main([*args, "--camvid-sizes", size])
-    assert exit_info.value.code == 2 and "--camvid-sizes" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--camvid-sizes" in error and message in error
 
 
 def test_scene_eval_camvid_sizes_need_camvid(

@@ -86,12 +86,14 @@ def _run_record(run: PlannedRun, config: TrainConfig) -> dict[str, Any]:
     if not record_path.is_file():
         return record
     saved: dict[str, Any] = json.loads(record_path.read_text())
-    # Read through today's config, so a setting added since, at its default, is no change;
-    # a key since removed or renamed fails to read and is compared as written (so refused).
+    # Read through today's config, so a setting added since, at its default, is no change
+    # (a new setting's default must keep the behaviour from before it); a key since
+    # removed or renamed fails to read and is compared as written (so refused).
     with contextlib.suppress(ConfigError):
         saved["config"] = _comparable(from_dict(saved["config"]))
     if saved["config"] != record["config"]:
-        changed = sorted(k for k in record["config"] if record["config"][k] != saved["config"].get(k))
+        keys = record["config"].keys() | saved["config"].keys()
+        changed = sorted(k for k in keys if record["config"].get(k) != saved["config"].get(k))
         raise StudyConfigError(
             f"{run.run_dir} was started with a different training config (differs in: "
             f"{', '.join(changed)}); restore the study config or delete that folder"
