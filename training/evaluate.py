@@ -175,8 +175,7 @@ def _parser() -> argparse.ArgumentParser:
         type=_size,
         default=[],
         metavar="WxH",
-        help="also score CamVid val with the frames fed in at these sizes (e.g. 800x400 960x480), "
-        "the model in PyTorch: how much an input size would gain (with --camvid)",
+        help="also score CamVid val fed in at these sizes (e.g. 800x400 960x480; with --camvid)",
     )
     parser.add_argument(
         "--realdepth",
