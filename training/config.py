@@ -6,7 +6,6 @@ rebuild the model from the checkpoint alone.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -16,14 +15,15 @@ from typing import Any
 import yaml
 
 from scene_contract.model import TASKS
-from training.class_weights import CLASS_WEIGHTINGS
+from training.config_checks import DATA_SOURCES as DATA_SOURCES
+from training.config_checks import OPTIMIZERS as OPTIMIZERS
+from training.config_checks import check_config
 from training.config_data import ConfigError as ConfigError
 from training.config_data import apply_override, build_dataclass
+from training.data.augment import ClassPaste
+from training.data.classes import CLASSES
 from training.data.pseudo_depth import GroundCamera
-from training.espnetv2 import WIDTHS
-from training.model import BACKBONE_NAMES, ESPNETV2, ModelConfig
-
-DATA_SOURCES: tuple[str, ...] = ("procedural", "camvid", "cityscapes", "disk")
+from training.model import ModelConfig
 
 
 @dataclass
@@ -78,6 +78,10 @@ class DataConfig:
         crop: train on random ``[height, width]`` windows of each sample at the
             training size (fewer pixels a step; the network is fully convolutional);
             ``null``: whole samples. Evaluation always sees the whole training size.
+        paste_classes: CamVid frames only: class names (e.g. ``[pole]``) whose pixels
+            are copied from another training frame onto ``paste_probability`` of the
+            samples (`training.data.augment.ClassPaste`); empty: no pasting.
+        paste_probability: share of CamVid samples that get pasted pixels.
     """
 
     source: str = "procedural"
@@ -96,6 +100,8 @@ class DataConfig:
     workers: int = 2
     pseudo_depth: PseudoDepthConfig = field(default_factory=PseudoDepthConfig)
     crop: list[int] | None = None
+    paste_classes: list[str] = field(default_factory=list)
+    paste_probability: float = 0.5
 
     def sources(self) -> dict[str, float]:
         """Source name -> normalised share of each batch (``source`` alone when ``mix`` is empty)."""
@@ -108,6 +114,13 @@ class DataConfig:
         """``crop`` as ``(height, width)``, or ``None``."""
         return None if self.crop is None else (self.crop[0], self.crop[1])
 
+    def class_paste(self) -> ClassPaste | None:
+        """``paste_classes`` as a `ClassPaste` of train ids, or ``None`` when empty."""
+        if not self.paste_classes:
+            return None
+        ids = {c.name: c.train_id for c in CLASSES}
+        return ClassPaste(tuple(ids[name] for name in self.paste_classes), self.paste_probability)
+
     def resolved_camvid_root(self) -> str:
         """``camvid_root``, else ``SCENE_CAMVID_ROOT``; `ConfigError` naming both if neither is set."""
         root = self.camvid_root or os.environ.get("SCENE_CAMVID_ROOT")
@@ -117,9 +130,6 @@ class DataConfig:
                 "or the SCENE_CAMVID_ROOT environment variable"
             )
         return root
-
-
-OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 
 
 @dataclass
@@ -211,148 +221,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Check every section; the first `ConfigError` names its key."""
-        _check_run(self)
-        _check_model(self.model)
-        _check_data(self.data, self.batch_size)
-        _check_loss(self.loss, self.data.sources())
-        _check_optim(self.optim)
-
-
-def _require_positive(values: dict[str, float]) -> None:
-    """Refuse the first of ``values`` (dotted key → value) that is not above zero."""
-    for key, value in values.items():
-        if value <= 0:
-            raise ConfigError(f"{key}: must be positive, got {value}")
-
-
-def _check_run(config: TrainConfig) -> None:
-    """The top-level keys: counts, schedule, stopping points and device."""
-    _require_positive(
-        {
-            "steps": config.steps,
-            "batch_size": config.batch_size,
-            "log_every": config.log_every,
-        }
-    )
-    for key, value in {"eval_every": config.eval_every, "checkpoint_every": config.checkpoint_every}.items():
-        if value < 0:
-            raise ConfigError(f"{key}: must be >= 0 (0 = never), got {value}")
-    if config.max_minutes is not None and config.max_minutes <= 0:
-        raise ConfigError(f"max_minutes: must be positive or null, got {config.max_minutes}")
-    if config.stop_at is not None and not 0 < config.stop_at <= config.steps:
-        raise ConfigError(f"stop_at: must be between 1 and steps={config.steps}, got {config.stop_at}")
-    if config.device not in ("auto", "cpu") and not config.device.startswith("cuda"):
-        raise ConfigError(f"device: expected auto, cpu or cuda[:N], got {config.device!r}")
-
-
-def _check_model(model: ModelConfig) -> None:
-    _require_positive(
-        {
-            "model.aspp_channels": model.aspp_channels,
-            "model.decoder_channels": model.decoder_channels,
-        }
-    )
-    if model.backbone not in BACKBONE_NAMES:
-        raise ConfigError(
-            f"model.backbone: unknown backbone {model.backbone!r}; valid: {', '.join(BACKBONE_NAMES)}"
-        )
-    if model.backbone == ESPNETV2 and model.width not in WIDTHS:
-        raise ConfigError(f"model.width: ESPNetv2 comes in widths {sorted(WIDTHS)}, got {model.width}")
-    for name in ("instance_stride", "depth_stride"):
-        if getattr(model, name) not in (4, 8):
-            raise ConfigError(f"model.{name}: must be 4 or 8, got {getattr(model, name)}")
-    if not 0.0 <= model.aspp_dropout < 1.0:
-        raise ConfigError(f"model.aspp_dropout: must be in [0, 1), got {model.aspp_dropout}")
-    if not (math.isfinite(model.offset_scale) and model.offset_scale > 0):
-        raise ConfigError(f"model.offset_scale: must be positive, got {model.offset_scale}")
-    if model.backbone_weights and not Path(model.backbone_weights).is_file():
-        raise ConfigError(f"model.backbone_weights: {model.backbone_weights} not found")
-
-
-def _check_data(data: DataConfig, batch_size: int) -> None:
-    """The sources and their mix first, then sizes and augmentation."""
-    _check_sources(data, batch_size)
-    _require_positive(
-        {
-            "data.height": data.height,
-            "data.width": data.width,
-            "data.train_count": data.train_count,
-            "data.val_count": data.val_count,
-        }
-    )
-    if len(data.scale_range) != 2 or not 0 < data.scale_range[0] <= data.scale_range[1]:
-        raise ConfigError(
-            f"data.scale_range: expected [low, high] with 0 < low <= high, got {data.scale_range}"
-        )
-    crop = data.crop
-    if crop is not None and (
-        len(crop) != 2 or not (0 < crop[0] <= data.height and 0 < crop[1] <= data.width)
-    ):
-        raise ConfigError(
-            f"data.crop: expected [height, width] within the training size "
-            f"{data.height}x{data.width}, got {crop}"
-        )
-    depth = data.pseudo_depth
-    if not 0 < depth.horizon < 1 or depth.focal_ratio <= 0 or depth.camera_height_m <= 0:
-        raise ConfigError(
-            "data.pseudo_depth: horizon must lie in (0, 1), focal_ratio and camera_height_m be positive"
-        )
-    if not 0 <= data.color_jitter < 1:
-        raise ConfigError(f"data.color_jitter: must lie in [0, 1), got {data.color_jitter}")
-    if data.workers < 0:
-        raise ConfigError(f"data.workers: must be >= 0, got {data.workers}")
-
-
-def _check_sources(data: DataConfig, batch_size: int) -> None:
-    if data.source not in DATA_SOURCES:
-        raise ConfigError(f"data.source: unknown source {data.source!r}; valid: {', '.join(DATA_SOURCES)}")
-    for name, share in data.mix.items():
-        if name not in DATA_SOURCES:
-            raise ConfigError(f"data.mix.{name}: unknown source; valid: {', '.join(DATA_SOURCES)}")
-        if not (math.isfinite(share) and share > 0):
-            raise ConfigError(f"data.mix.{name}: share must be positive, got {share}")
-    if data.mix and data.source not in data.mix:
-        raise ConfigError(
-            f"data.source: {data.source!r} (validated on) must be one of data.mix's sources "
-            f"({', '.join(data.mix)})"
-        )
-    sources = data.sources()
-    if "cityscapes" in sources and not data.root:
-        raise ConfigError("data.root: required when data.source is cityscapes")
-    if "disk" in sources and not data.disk_root:
-        raise ConfigError(
-            "data.disk_root: required when data.source is disk (a folder with train/ and val/ "
-            "written by scene-data render)"
-        )
-    if len(sources) > 1 and min(sources.values()) * batch_size < 0.5:
-        raise ConfigError(
-            f"data.mix: batch_size={batch_size} is too small to give every source a sample (shares {sources})"
-        )
-
-
-def _check_loss(loss: LossConfig, sources: dict[str, float]) -> None:
-    """``sources``: the data's sources, as the class weights are counted on one of them."""
-    if loss.class_weighting not in CLASS_WEIGHTINGS:
-        raise ConfigError(
-            f"loss.class_weighting: {loss.class_weighting!r} is not one of {', '.join(CLASS_WEIGHTINGS)}"
-        )
-    if loss.class_weighting != "none" and "camvid" not in sources:
-        raise ConfigError("loss.class_weighting: the weights are counted on CamVid; add camvid to data.mix")
-
-
-def _check_optim(optim: OptimConfig) -> None:
-    if optim.lr <= 0:
-        raise ConfigError(f"optim.lr: must be positive, got {optim.lr}")
-    if optim.name not in OPTIMIZERS:
-        raise ConfigError(f"optim.name: unknown optimiser {optim.name!r}; valid: {', '.join(OPTIMIZERS)}")
-    optional: dict[str, float | None] = {
-        "optim.log_variance_lr": optim.log_variance_lr,
-        "optim.grad_clip_norm": optim.grad_clip_norm,
-        "optim.log_variance_grad_clip": optim.log_variance_grad_clip,
-    }
-    for name, rate in optional.items():
-        if rate is not None and rate <= 0:
-            raise ConfigError(f"{name}: must be positive or null, got {rate}")
+        check_config(self)
 
 
 def to_dict(config: TrainConfig) -> dict[str, Any]:

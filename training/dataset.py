@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from training.config import DataConfig
-from training.data.augment import RealFrameAugment, crop_or_pad
+from training.data.augment import ClassPaste, RealFrameAugment, crop_or_pad
 from training.data.camvid import CamVidScenes
 from training.data.cityscapes import CityscapesScenes
 from training.data.disk import DiskScenes
@@ -179,17 +179,26 @@ class StepSampler(Sampler[tuple[int, bool]]):
 class TrainingSource:
     """One source of a training mix: its scenes, samples per batch and augmentation.
 
-    With an ``augment``, samples are read at full size (``scenes.read``) and go through
-    it; without one they are taken as the source yields them (procedural scenes are
-    rendered at the training size and drawn fresh each time).
+    With an ``augment``, samples are read at full size (``scenes.read``), get another
+    frame's thin classes pasted in where ``paste`` says so, and go through it; without
+    one they are taken as the source yields them (procedural scenes are rendered at the
+    training size and drawn fresh each time).
     """
 
     def __init__(
-        self, name: str, scenes: SceneSource, per_batch: int, augment: RealFrameAugment | None
+        self,
+        name: str,
+        scenes: SceneSource,
+        per_batch: int,
+        augment: RealFrameAugment | None,
+        paste: ClassPaste | None = None,
     ) -> None:
         if augment is not None and not isinstance(scenes, RealFrames):
             raise TypeError(f"source {name}: augmentation needs full-size frames (a read() method)")
+        if paste is not None and augment is None:
+            raise TypeError(f"source {name}: class paste works on full-size frames; give it an augment")
         self.name, self.scenes, self.per_batch, self.augment = name, scenes, per_batch, augment
+        self.paste = paste
 
 
 def build_training_sources(config: DataConfig, batch_size: int) -> list[TrainingSource]:
@@ -197,7 +206,7 @@ def build_training_sources(config: DataConfig, batch_size: int) -> list[Training
     counts = samples_per_batch(config.sources(), batch_size)
     sources = []
     for name, count in counts.items():
-        augment = None
+        augment, paste = None, None
         # CamVid's frames are few, so they are scaled, cropped and jittered; procedural
         # scenes are new every time, and Cityscapes frames are taken at the training size.
         if name == "camvid":
@@ -205,7 +214,8 @@ def build_training_sources(config: DataConfig, batch_size: int) -> list[Training
             augment = RealFrameAugment(
                 config.height, config.width, (low, high), config.color_jitter, config.crop_size()
             )
-        sources.append(TrainingSource(name, build_scenes(config, "train", name), count, augment))
+            paste = config.class_paste()
+        sources.append(TrainingSource(name, build_scenes(config, "train", name), count, augment, paste))
     return sources
 
 
@@ -231,7 +241,14 @@ class MixedTaskDataset(Dataset[dict[str, Tensor]]):
         )
         if source.augment is not None:
             assert isinstance(source.scenes, RealFrames)  # TrainingSource refuses an augment otherwise
-            sample = source.augment(source.scenes.read(index), rng)
+            sample = source.scenes.read(index)
+            # Only a source with a paste draws for it, so other runs keep their random streams.
+            donor = source.paste.donor(index, len(source.scenes), rng) if source.paste else None
+            if source.paste is not None and donor is not None:
+                donor_index, mirrored = donor
+                pasted = source.scenes.read(donor_index)
+                sample = source.paste(sample, flip_sample(pasted) if mirrored else pasted)
+            sample = source.augment(sample, rng)
         else:
             sample = source.scenes[index]
             if self.crop is not None:

@@ -97,3 +97,45 @@ def jitter_colors(image: np.ndarray, rng: np.random.Generator, strength: float) 
         factor = float(rng.uniform(1 - strength, 1 + strength))
         picture = enhancers[index](picture).enhance(factor)
     return np.array(picture, dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class ClassPaste:
+    """Copy the pixels of a few thin classes from another frame of the same source.
+
+    A pole seen against sky in one frame is pasted in front of whatever stands at that
+    place in another: the thin classes meet backgrounds they were never labelled on
+    (poles are most often lost in front of buildings and trees), with no new labels.
+    The donor's pixels of ``class_ids`` replace the sample's in the image, the semantic
+    labels and the depth (the donor's own, the same camera's); instances stay as they
+    were. The donor is mirrored half of the time, so a pole lands on either side.
+
+    Attributes:
+        class_ids: train ids whose pixels are pasted.
+        probability: share of samples that get a donor's pixels.
+    """
+
+    class_ids: tuple[int, ...]
+    probability: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not self.class_ids:
+            raise DataConfigError("class paste needs at least one class")
+        if not 0 < self.probability <= 1:
+            raise DataConfigError(f"class paste probability must lie in (0, 1], got {self.probability}")
+
+    def donor(self, index: int, count: int, rng: np.random.Generator) -> tuple[int, bool] | None:
+        """``(donor index, mirrored)`` for sample ``index`` of ``count``, or ``None`` for no paste."""
+        if count < 2 or rng.random() >= self.probability:
+            return None
+        return (index + 1 + int(rng.integers(count - 1))) % count, bool(rng.random() < 0.5)
+
+    def __call__(self, sample: SceneSample, donor: SceneSample) -> SceneSample:
+        if donor.semantic.shape != sample.semantic.shape:
+            donor = resize_sample(donor, sample.height, sample.width)
+        pasted = np.isin(donor.semantic, self.class_ids)
+        image, semantic, depth = sample.image.copy(), sample.semantic.copy(), sample.depth.copy()
+        image[pasted] = donor.image[pasted]
+        semantic[pasted] = donor.semantic[pasted]
+        depth[pasted] = donor.depth[pasted]
+        return SceneSample(image, semantic, sample.instance, depth, sample.name)
