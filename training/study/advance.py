@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,10 +22,17 @@ from training.study.plan import RESULT, RUN_RECORD, PlannedRun, derivation
 from training.study.score import score
 from training.train import setup_placement, train
 
+# Set by scene-study's SIGTERM handler. Every budget in this process is spent once it
+# is set, so training stops at its next chunk boundary and the checkpoint is kept.
+# The handler only sets it: an exception raised from a signal handler can land inside
+# the process pool's locking and leave the study hanging instead of ending.
+STOP_REQUESTED = threading.Event()
+
 
 @dataclass
 class Budget:
-    """When this invocation stops starting new chunks: after ``max_minutes`` or ``max_runs`` finished runs."""
+    """When this invocation stops starting new chunks: after ``max_minutes`` or
+    ``max_runs`` finished runs, or once a stop is requested (`STOP_REQUESTED`)."""
 
     max_minutes: float | None = None
     max_runs: int | None = None
@@ -35,7 +43,7 @@ class Budget:
     def exhausted(self) -> bool:
         over_time = self.max_minutes is not None and time.monotonic() - self.started >= self.max_minutes * 60
         over_runs = self.max_runs is not None and self.finished >= self.max_runs
-        return over_time or over_runs
+        return over_time or over_runs or STOP_REQUESTED.is_set()
 
     def allows_another(self, in_flight: int) -> bool:
         """Whether a run may start while ``in_flight`` others are still going."""

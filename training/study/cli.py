@@ -15,7 +15,7 @@ from typing import Any
 from training.checkpoint import CheckpointError
 from training.config import ConfigError
 from training.data.sample import DataConfigError
-from training.study.advance import Budget, say_on_stdout
+from training.study.advance import STOP_REQUESTED, Budget, say_on_stdout
 from training.study.config import StudyConfig, StudyConfigError
 from training.study.parse import load_study
 from training.study.report import write_report
@@ -29,9 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_limits(args)
         study = load_study(args.config)
-        # `kill` (SIGTERM) stops the study the way a deadline does: running workers finish
+        # `kill` (SIGTERM) stops the study the way a deadline does: running runs finish
         # their chunk, so its checkpoint is kept, and no worker goes on training alone.
-        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        STOP_REQUESTED.clear()
+        previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
         done = _restore_then_run(study, args)
     except (StudyConfigError, ConfigError, CheckpointError, DataConfigError) as error:
         print(f"scene-study: error: {error}", file=sys.stderr)
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
     root = study.out / "pilot" if args.pilot else study.out
     print(f"scene-study: table {root / 'table.md'}, raw results {root / 'results.json'}")
+    if STOP_REQUESTED.is_set():
+        return 128 + signal.SIGTERM  # not 3: a loop that restarts on 3 must not start again
     return 0 if done else 3
 
 
@@ -92,6 +95,6 @@ def _restore_then_run(study: StudyConfig, args: argparse.Namespace) -> bool:
     return run_study(study, budget, pilot=args.pilot, say=say_on_stdout, jobs=args.jobs)
 
 
-def _exit_on_sigterm(signum: int, frame: Any) -> None:
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
     say_on_stdout("stopping (SIGTERM): running runs finish their chunk; the same command goes on later")
-    raise SystemExit(128 + signum)
+    STOP_REQUESTED.set()

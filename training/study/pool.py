@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -92,11 +93,18 @@ def run_in_parallel(
                 _start_runs(study, pending, budget, jobs, pool, running)
                 if not running:
                     return
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                done, _ = wait(running, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
+                if budget.exhausted():
+                    stop.set()  # a SIGTERM or the deadline: workers end at their chunk boundary
                 _count_ended(done, running, pending, budget, say)
         except BaseException:
             stop.set()  # the pool's exit waits for the running workers: let them finish a chunk, not a run
             raise
+
+
+# How often the parent looks at its budget while workers train: a stop request
+# reaches the workers within this many seconds.
+_POLL_SECONDS = 1.0
 
 
 def _start_runs(
@@ -150,6 +158,9 @@ _parent_pid: int | None = None
 
 def _start_worker(threads: int, stop: Any) -> None:
     global _stop_request, _parent_pid
+    # A SIGTERM to the whole process group (a terminal, a supervisor) is the parent's to
+    # handle: it asks every worker to stop at its chunk boundary.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(threads)
     _stop_request = stop
     _parent_pid = os.getppid()

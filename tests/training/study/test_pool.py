@@ -95,3 +95,38 @@ def test_two_jobs_train_every_run_once_in_worker_processes(
         # The workers print their progress themselves.
         assert f"{arm} seed 1: finished; test" in printed
     assert (out / "table.md").is_file()
+
+
+def test_sigterm_to_a_one_job_study_ends_its_chunk_and_asks_for_no_restart(
+    toy_run: dict[str, Any], tmp_path: Path
+) -> None:
+    """Without workers the run trains in the study's own process: SIGTERM lets the chunk
+    reach its checkpoint (50 steps here) and ends with 143, not 3, which a restart loop
+    (`while ...; [ $? -eq 3 ] || break`) would take as "go on"."""
+    scenes = {"root": str(toy_run["out"].parent / "scenes"), "train": 8, "val": 2}
+    overrides = {"steps": 200, "checkpoint_every": 50, "data.height": 32, "data.width": 64}
+    arms = [{"name": "uncertainty", "overrides": {}}]
+    config = toy_study(
+        tmp_path, scenes=scenes, overrides=overrides, arms=arms, comparisons=[], seeds=[1], chunk_steps=50
+    )
+    log = tmp_path / "study.log"
+    with log.open("w") as out:
+        study = subprocess.Popen(
+            [sys.executable, "-m", "training.study", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "| 1/50 [" not in log.read_text():  # the first step of the first chunk
+            assert study.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        study.send_signal(signal.SIGTERM)
+        assert study.wait(timeout=120) == 128 + signal.SIGTERM, log.read_text()
+    finally:
+        if _group_alive(study.pid):
+            os.killpg(study.pid, signal.SIGKILL)
+    assert "stopping (SIGTERM)" in log.read_text()
+    steps = [load_checkpoint(path)["step"] for path in (tmp_path / "study").rglob("last.pt")]
+    assert steps == [50], steps  # the chunk ended at its boundary, and no new chunk began
