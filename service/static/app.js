@@ -104,8 +104,10 @@ function paragraph(text) {
 function describeModel() {
   const { height, width } = card.input;
   const mix = card.training?.data_mix;
+  // One decimal where a share needs it: 3 in 8 is 37.5%, and 38% + 63% would not add up.
+  const percent = (share) => Number((100 * share).toFixed(1));
   const sources = mix
-    ? Object.entries(mix).map(([name, share]) => `${name} ${Math.round(100 * share)}%`).join(", ")
+    ? Object.entries(mix).map(([name, share]) => `${name} ${percent(share)}%`).join(", ")
     : card.training?.data_source ?? "unstated data";
   const lines = [
     `It sees every image squeezed to ${width}×${height} pixels, whatever its size, so thin or distant ` +

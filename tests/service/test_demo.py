@@ -266,7 +266,7 @@ def test_quality_figures_say_what_they_were_measured_on(demo: Page) -> None:
             "semantic_miou": 55.2,
             "semantic_iou_per_class": {"road": 96.3, "car": 73.4, "sign": 21.0, "pole": 0.0, "bus": None},
         }
-        card["training"] = {"data_source": "procedural", "data_mix": {"procedural": 0.5, "camvid": 0.5}}
+        card["training"] = {"data_source": "procedural", "data_mix": {"procedural": 0.625, "camvid": 0.375}}
         route.fulfill(json=card)
 
     demo.route("**/metadata", with_metrics)
@@ -276,7 +276,7 @@ def test_quality_figures_say_what_they_were_measured_on(demo: Page) -> None:
     )
     note = demo.locator("#model-note-text")
     expect(note).to_contain_text("squeezed to 48×32 pixels")
-    expect(note).to_contain_text("(procedural 50%, camvid 50%)")
+    expect(note).to_contain_text("(procedural 62.5%, camvid 37.5%)")  # adds up to 100
     expect(note).to_contain_text(
         "Finds (IoU on generated (procedural) validation scenes, not real photos): road 96%, car 73%."
     )
