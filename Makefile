@@ -73,7 +73,7 @@ $(SERVE_STAMP): pyproject.toml README.md $(SERVE_SOURCES)
 	$(SERVE_VENV)/bin/pip install --quiet './build/serve-src[serve]'
 	touch $@
 
-# The bundled model (version 7), by the exact commands that made it: five training
+# The bundled model (version 8), by the exact commands that made it: six training
 # stages and a calibration. Stage 1 (configs/street.yaml, version 3's recipe): ESPNetv2
 # started from the published Cityscapes weights, fine-tuned on CamVid frames (semantics
 # and geometric pseudo-depth) and procedural scenes, 800 steps of 320x320 crops at
@@ -83,7 +83,9 @@ $(SERVE_STAMP): pyproject.toml README.md $(SERVE_SOURCES)
 # 5): 800 more steps with half of every batch procedural (about 55 minutes). Stage 4
 # (configs/street_stage4.yaml): 600 more steps, five in eight procedural (about 43
 # minutes). Stage 5 (configs/street_stage5.yaml): 700 more steps, six in eight
-# procedural (about 44 minutes). Then scene-calibrate
+# procedural (about 44 minutes). Stage 6 (configs/street_stage6.yaml): 700 more steps,
+# three in eight CamVid, half of them with another frame's poles pasted in (about 42
+# minutes). Then scene-calibrate
 # fits per-class offsets on the semantic logits on the CamVid training frames (about 6
 # minutes). Training runs in resumable chunks of at most an hour: run `make model`
 # again after an interruption and it goes on from the last checkpoint. Nothing is
@@ -98,7 +100,8 @@ STAGE1_RUN := runs/street
 STAGE2_RUN := runs/street_v4
 STAGE3_RUN := runs/street_v5
 STAGE4_RUN := runs/street_v6
-MODEL_RUN := runs/street_v7
+STAGE5_RUN := runs/street_v7
+MODEL_RUN := runs/street_v8
 MODEL_CHECKPOINT := $(MODEL_RUN)/calibrated.pt
 MODEL_DIR := models/default
 TRAIN_SETTINGS := model.backbone_weights=$(ESPNETV2_WEIGHTS) data.camvid_root=$(CAMVID_ROOT) max_minutes=60
@@ -114,7 +117,8 @@ model: $(STAMP)
 	$(call train_stage,configs/street_finetune.yaml,$(STAGE2_RUN),init_from=$(STAGE1_RUN)/last.pt)
 	$(call train_stage,configs/street_stage3.yaml,$(STAGE3_RUN),init_from=$(STAGE2_RUN)/last.pt)
 	$(call train_stage,configs/street_stage4.yaml,$(STAGE4_RUN),init_from=$(STAGE3_RUN)/last.pt)
-	$(call train_stage,configs/street_stage5.yaml,$(MODEL_RUN),init_from=$(STAGE4_RUN)/last.pt)
+	$(call train_stage,configs/street_stage5.yaml,$(STAGE5_RUN),init_from=$(STAGE4_RUN)/last.pt)
+	$(call train_stage,configs/street_stage6.yaml,$(MODEL_RUN),init_from=$(STAGE5_RUN)/last.pt)
 	[ -f $(MODEL_CHECKPOINT) ] || OMP_WAIT_POLICY=PASSIVE $(BIN)/scene-calibrate \
 		--checkpoint $(MODEL_RUN)/last.pt --camvid $(CAMVID_ROOT) --out $(MODEL_CHECKPOINT)
 	$(BIN)/scene-eval --checkpoint $(MODEL_CHECKPOINT) --split test --seed 1000 --count 500 \
@@ -123,7 +127,7 @@ model: $(STAMP)
 		--batchnorm-check \
 		--out $(MODEL_DIR)/metrics.json --grid $(MODEL_DIR)/predictions.png
 	$(BIN)/scene-export --checkpoint $(MODEL_CHECKPOINT) --out $(MODEL_DIR)/model.onnx --fp16-weights \
-		--name scene-mtl-default --version 7
+		--name scene-mtl-default --version 8
 	cp $(MODEL_RUN)/sigma.png $(MODEL_DIR)/sigma.png
 
 clean:
