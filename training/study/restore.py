@@ -42,27 +42,45 @@ def restore_results(study: StudyConfig, source: Path, say: Callable[[str], None]
     seeds = [] if pilot else study_seeds(study, say)
     restored, left = 0, list(results)
     while left:
-        # A widened grid's added points are planned once the results that call for them are here.
+        # Rounds, until one restores nothing: a widened grid's added points are planned,
+        # and a run whose weights come from other runs (the grid's choice, a learned run
+        # of its seed) can be checked, only once those runs are restored.
         runs = plan(study, seeds, pilot)
-        matched = [(result, _planned(runs, result)) for result in left]
-        left = [result for result, run in matched if run is None]
-        if len(left) == len(matched):
-            break
-        for result, run in matched:
-            if run is not None and read_result(run.run_dir) is None:
-                _check_comparable(study, run, result, source)
-                run.run_dir.mkdir(parents=True, exist_ok=True)
-                (run.run_dir / RESULT).write_text(
-                    json.dumps(result | {"restored_from": str(source)}, indent=1)
-                )
-                if result.get("schedule") and not (run.run_dir / "log.csv").is_file():
-                    write_schedule(result["schedule"], run.run_dir / "log.csv")
+        waiting: list[tuple[PlannedRun, WaitingError]] = []
+        before, pending = restored, left
+        left = []
+        for result in pending:
+            run = _planned(runs, result)
+            if run is None:
+                left.append(result)
+            elif read_result(run.run_dir) is None:
+                try:
+                    extra = run_settings(study, run)  # grid, selected, scaled or derived weights
+                except WaitingError as error:
+                    waiting.append((run, error))
+                    left.append(result)
+                    continue
+                _check_comparable(study, run, extra, result, source)
+                _write_restored(run, result, source)
                 restored += 1
+        if restored == before:
+            if waiting:
+                blocked, reason = waiting[0]
+                raise StudyConfigError(f"--restore: {blocked.label} cannot be checked: {reason}") from reason
+            break
     for result in left:
         name = f"{'pilot ' if result['pilot'] else ''}{result['arm']} seed {result['seed']}"
         say(f"{name}: not a run of this study; skipped")
     say(f"restored {restored} finished run(s) from {source}")
     return restored
+
+
+def _write_restored(run: PlannedRun, result: dict[str, Any], source: Path) -> None:
+    """The run's ``result.json`` from ``result``, and a learned run's schedule as its ``log.csv``."""
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    (run.run_dir / RESULT).write_text(json.dumps(result | {"restored_from": str(source)}, indent=1))
+    if result.get("schedule") and not (run.run_dir / "log.csv").is_file():
+        write_schedule(result["schedule"], run.run_dir / "log.csv")
 
 
 def _planned(runs: list[PlannedRun], result: dict[str, Any]) -> PlannedRun | None:
@@ -79,12 +97,11 @@ def _restore_pilot_decision(study: StudyConfig, decision: dict[str, Any], say: C
         say(f"restored the pilot's decision: seeds {decision['seeds']}")
 
 
-def _check_comparable(study: StudyConfig, run: PlannedRun, result: dict[str, Any], source: Path) -> None:
-    """`StudyConfigError` unless ``result`` was trained and scored as this study would train ``run``."""
-    try:
-        extra = run_settings(study, run)  # grid, selected or scaled weights
-    except WaitingError as waiting:
-        raise StudyConfigError(f"--restore: {run.label} cannot be checked: {waiting}") from waiting
+def _check_comparable(
+    study: StudyConfig, run: PlannedRun, extra: dict[str, Any], result: dict[str, Any], source: Path
+) -> None:
+    """`StudyConfigError` unless ``result`` was trained and scored as this study would train
+    ``run`` with the settings ``extra`` (`run_settings`)."""
     config = training_config(study, run.arm, extra, seed=run.seed, run_dir=run.run_dir, pilot=run.pilot)
     ev = study.evaluation
     wanted_evaluation = {"split": ev.split, "seed": ev.seed, "count": ev.count}

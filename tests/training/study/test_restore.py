@@ -66,3 +66,31 @@ def test_results_trained_differently_are_not_restored(
     (tmp_path / "broken.json").write_text("{}")
     assert main(["--config", str(config), "--restore", str(tmp_path / "broken.json")]) == 2
     assert "is not a scene-study results.json" in capsys.readouterr().err
+
+
+def test_derived_runs_listed_before_what_they_derive_from_are_restored_too(
+    toy_run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A results.json whose derived run comes before the learned run it reads (a grid's
+    choice before its widened points, likewise): the restore takes it in a later round
+    instead of refusing it because the learned run is not there yet."""
+    scenes = {"root": str(toy_run["out"].parent / "scenes"), "train": 8, "val": 2}
+    arms = [
+        {"name": "learned", "overrides": {"loss.strategy": "uncertainty"}},
+        {"name": "end_point", "from_learned": {"arm": "learned", "weights": "end_point"}},
+    ]
+    for folder in ("first", "second"):
+        (tmp_path / folder).mkdir()
+    trained = toy_study(tmp_path / "first", scenes=scenes, seeds=[1], arms=arms, comparisons=[])
+    assert main(["--config", str(trained)]) == 0
+    report = json.loads((tmp_path / "first" / "study" / "results.json").read_text())
+    report["results"].sort(key=lambda result: result["arm"] != "end_point")  # the derived run first
+    assert [result["arm"] for result in report["results"]] == ["end_point", "learned"]
+    source = tmp_path / "results.json"
+    source.write_text(json.dumps(report))
+    capsys.readouterr()
+    moved = toy_study(tmp_path / "second", scenes=scenes, seeds=[1], arms=arms, comparisons=[])
+    assert main(["--config", str(moved), "--restore", str(source), "--report"]) == 0
+    assert f"restored 2 finished run(s) from {source}" in capsys.readouterr().out
+    derived = json.loads((tmp_path / "second" / "study" / "end_point" / "seed1" / "result.json").read_text())
+    assert derived["derived_weights"]["weights"] == report["results"][0]["derived_weights"]["weights"]
