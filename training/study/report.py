@@ -113,17 +113,21 @@ def _table_lines(study: StudyConfig, report: dict[str, Any], pilot: bool) -> lis
         f"{report['runs_finished']} of {report['runs_planned']} runs finished"
         + (f", {len(report['runs_failed'])} failed" if report["runs_failed"] else "")
         + f". Test: procedural `{ev.split}` split, seed {ev.seed}, {ev.count} scenes. "
-        "Mean ± standard deviation over seeds." + _restored_text(report["results"]),
+        "Mean ± standard deviation over seeds; clipped steps: the mean share of steps whose "
+        "gradient norm the clip bound cut." + _restored_text(report["results"]),
         "",
         "| arm | weights sem / inst / depth | seeds | "
         + " | ".join(m[1] for m in TASK_METRICS.values())
-        + " |",
-        "|---|---|---|" + "---|" * len(TASK_METRICS),
+        + " | clipped steps |",
+        "|---|---|---|" + "---|" * (len(TASK_METRICS) + 1),
     ]
     for row in report["table"]:
         cells = [_cell(row["metrics"].get(key), _DIGITS[key]) for key, _, _ in TASK_METRICS.values()]
         seeds = ", ".join(map(str, row["seeds"])) or "none yet"
-        lines.append(f"| {row['arm']} | {row.get('weights', '')} | {seeds} | " + " | ".join(cells) + " |")
+        clipped = "–" if row.get("clip_rate") is None else f"{row['clip_rate']:.0%}"
+        lines.append(
+            f"| {row['arm']} | {row.get('weights', '')} | {seeds} | " + " | ".join(cells) + f" | {clipped} |"
+        )
     return lines
 
 

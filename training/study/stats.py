@@ -77,7 +77,12 @@ def compare(
 
 
 def summarise(results: list[dict[str, Any]], arms: list[str]) -> list[dict[str, Any]]:
-    """One row per arm: seeds, and mean ± std of each trained task's test metric."""
+    """One row per arm: seeds, mean ± std of each trained task's test metric, mean clip rate.
+
+    ``clip_rate`` is the mean over seeds of the share of steps whose gradient norm the
+    clip bound cut (None unless every run recorded it): where it binds, a larger loss
+    weight no longer means a larger step, which the rate-matched arms rely on.
+    """
     rows = []
     for name in arms:
         mine = [r for r in results if r["arm"] == name and r["grid_point"] is None]
@@ -89,6 +94,8 @@ def summarise(results: list[dict[str, Any]], arms: list[str]) -> list[dict[str, 
                 mean, std = mean_std([r["test"][key] for r in mine])
                 row["metrics"][key] = {"mean": mean, "std": std}
             row["weights"] = _weights_text(mine)
+            rates = [r["clip_rate"] for r in mine if r.get("clip_rate") is not None]
+            row["clip_rate"] = statistics.fmean(rates) if len(rates) == len(mine) else None
         rows.append(row)
     return rows
 
