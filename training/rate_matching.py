@@ -14,6 +14,10 @@ mean of the learned weights:
 - ``end_point_weights``: the weights of the last logged step, held fixed to ask whether
   the learned weights' end point alone does what the learned arm does.
 
+The match is in loss weight × rate, which is step size only while the gradient clip does
+not bind. ``step_length`` measures what a run got: Σ_t lr_t · min(‖g_t‖, clip), the
+length of its SGD path before momentum, from the gradient norms its log samples.
+
     python -m training.rate_matching runs/study/uncertainty/seed*/log.csv \\
         --weights semantic=0.498 instance=0.00498 depth=0.498
 """
@@ -106,6 +110,26 @@ def end_point_weights(schedules: Sequence[Schedule]) -> dict[str, float]:
     return {task: sum(s.weights[task][-1] for s in schedules) / len(schedules) for task in TASKS}
 
 
+def step_length(log_csv: Path, clip_norm: float) -> float:
+    """Σ_t lr_t · min(‖g_t‖, clip_norm) over a scene-train log (columns ``step``, ``lr``, ``grad_norm``).
+
+    Each row's gradient norm (the norm before clipping at that step) stands for the
+    steps since the row before, as the rates do in `Schedule`: an estimate from a sample
+    every ``log_every`` steps, which compares arms logged alike.
+    """
+    if clip_norm <= 0:
+        raise ValueError(f"the clip norm must be positive, got {clip_norm}")
+    with log_csv.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or any(c not in rows[0] for c in ("step", "lr", "grad_norm")):
+        raise ScheduleError(f"{log_csv}: expected a scene-train log with columns step, lr, grad_norm")
+    spans = [int(b["step"]) - (int(a["step"]) if a else 0) for a, b in zip([None, *rows], rows, strict=False)]
+    return sum(
+        span * float(r["lr"]) * min(float(r["grad_norm"]), clip_norm)
+        for span, r in zip(spans, rows, strict=True)
+    )
+
+
 def matching(schedules: Sequence[Schedule], weights: Mapping[str, float] | None = None) -> dict[str, Any]:
     """The rate-matched quantities for ``schedules``, and the factor for ``weights`` if given."""
     report: dict[str, Any] = {
@@ -141,10 +165,18 @@ def main(argv: list[str] | None = None) -> int:
         metavar="TASK=WEIGHT",
         help="fixed weights to scale: also print k, their factor matched to the runs' integral",
     )
+    parser.add_argument(
+        "--clip-norm",
+        type=float,
+        metavar="C",
+        help="also print each log's step length Σ lr·min(‖g‖, C) (C: the runs' optim.grad_clip_norm)",
+    )
     args = parser.parse_args(argv)
     weights = dict(args.weights) if args.weights else None
     try:
         report = matching([read_schedule(path) for path in args.logs], weights)
+        if args.clip_norm is not None:
+            report["step_length"] = {str(path): step_length(path, args.clip_norm) for path in args.logs}
     except (OSError, ValueError) as error:  # ScheduleError is a ValueError
         print(f"rate_matching: error: {error}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ from training.rate_matching import (
     rate_matched_scale,
     rate_weighted_weights,
     read_schedule,
+    step_length,
     step_mean_weights,
 )
 from training.train import LOG_COLUMNS
@@ -87,3 +88,24 @@ def test_a_file_that_is_not_a_training_log_is_refused(
     shuffled = write_log(tmp_path / "log.csv", (4, 2), (0.1, 0.2), {t: (1.0, 1.0) for t in WEIGHTS})
     assert main([str(shuffled)]) == 2
     assert "rise" in capsys.readouterr().err
+
+
+def test_step_length_counts_a_clipped_gradient_at_the_clip_norm(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Spans 2, 2, 1 at rates 0.4, 0.2, 0.1; gradient norms 5, 20, 40 against a clip of 10:
+    # 2·0.4·5 + 2·0.2·10 + 1·0.1·10 = 4 + 4 + 1. Unclipped, the last two would give 8 + 4.
+    log = write_log(tmp_path / "log.csv", STEPS, LR, WEIGHTS)
+    rows = list(csv.DictReader(log.open()))
+    for row, norm in zip(rows, (5, 20, 40), strict=True):
+        row["grad_norm"] = norm
+    with log.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    assert step_length(log, 10.0) == pytest.approx(9.0)
+    assert step_length(log, 1000.0) == pytest.approx(4 + 8 + 4)
+    assert main([str(log), "--clip-norm", "10"]) == 0
+    assert json.loads(capsys.readouterr().out)["step_length"] == {str(log): pytest.approx(9.0)}
+    with pytest.raises(ValueError, match="positive"):
+        step_length(log, 0.0)
