@@ -56,7 +56,12 @@ class Schedule:
 
     def spans(self) -> list[int]:
         """The updates each row stands for."""
-        return [step - previous for previous, step in zip((0, *self.steps), self.steps, strict=False)]
+        return _spans(self.steps)
+
+
+def _spans(steps: Sequence[int]) -> list[int]:
+    """The updates each logged row stands for: the steps since the row before."""
+    return [step - previous for previous, step in zip((0, *steps), steps, strict=False)]
 
 
 def read_schedule(log_csv: Path) -> Schedule:
@@ -123,7 +128,7 @@ def step_length(log_csv: Path, clip_norm: float) -> float:
         rows = list(csv.DictReader(f))
     if not rows or any(c not in rows[0] for c in ("step", "lr", "grad_norm")):
         raise ScheduleError(f"{log_csv}: expected a scene-train log with columns step, lr, grad_norm")
-    spans = [int(b["step"]) - (int(a["step"]) if a else 0) for a, b in zip([None, *rows], rows, strict=False)]
+    spans = _spans([int(r["step"]) for r in rows])
     return sum(
         span * float(r["lr"]) * min(float(r["grad_norm"]), clip_norm)
         for span, r in zip(spans, rows, strict=True)
