@@ -42,7 +42,7 @@ def plot_sigmas(results: list[dict[str, Any]], out: Path) -> list[Path]:
         ax.set_xlabel("step")
         ax.set_ylabel("σ = exp(s / 2)")
         seeds = ("seeds " if len(logged) > 1 else "seed ") + ", ".join(str(r["seed"]) for r in logged)
-        ax.set_title(f"{name}: learned σ per task ({seeds}, one line each)")
+        ax.set_title(f"{name}: learned σ per task\n({seeds}, one line each)", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
@@ -90,11 +90,12 @@ def plot_grid(study: StudyConfig, results: list[dict[str, Any]], out: Path) -> l
             )
             learned = sorted({r["arm"] for r in results if r["strategy"].startswith("uncertainty")
                               and r["grid_point"] is None and set(tasks) <= set(r["tasks"])})  # fmt: skip
-            for name in learned:
+            for index, name in enumerate(learned):
                 mean = statistics.fmean(
                     r["test"][key] for r in results if r["arm"] == name and r["grid_point"] is None
                 )
-                ax.axhline(mean, linestyle="--", linewidth=1, label=f"{name} (mean over seeds)")
+                colour = f"C{index}"  # one colour per learned arm, the same in every panel
+                ax.axhline(mean, linestyle="--", linewidth=1, color=colour, label=f"{name} (mean over seeds)")
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on a short log axis
             ax.set_xlabel(f"fixed weight of {task}")
