@@ -16,7 +16,8 @@ from training.study.parse import load_study
 from training.study.plan import plan
 
 
-# study_controls.yaml: the widened grid's first 4 points x 2 seeds, 3 arms x 4 seeds, 8 arms x 3 seeds, 1 arm x 2 seeds.
+# study_controls.yaml: the widened grid's first 4 points x 2 seeds, 3 arms x 4 seeds, 8 arms x 3
+# seeds, 1 arm x 2 seeds.
 @pytest.mark.parametrize(
     ("name", "runs"),
     [
